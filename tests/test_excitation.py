@@ -1,0 +1,193 @@
+"""The MWP engine: hand-computed values, conservation, and the batched engine vs. the reference."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from vidsearch.backbones import load_backbone
+from vidsearch.dasr.excitation import Rules, Tape
+from vidsearch.dasr.graph import build_graph
+from vidsearch.dasr.reference import reference_maps
+from vidsearch.dasr.regions import find_peaks, make_seeds
+
+from .helpers import photo_batch
+
+
+class Tiny(nn.Module):
+    """conv(1x2) -> relu -> [conv(1x1) + skip] -> relu -> maxpool(1x2), on a 1x3 image."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 2, (1, 2), bias=True)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(2, 2, 1, bias=False)
+        self.relu2 = nn.ReLU()
+        self.pool = nn.MaxPool2d((1, 2))
+        with torch.no_grad():
+            self.conv1.weight[:] = torch.tensor([[1.0, 2.0], [3.0, -1.0]]).view(2, 1, 1, 2)
+            self.conv1.bias[:] = torch.tensor([0.5, 0.0])
+            self.conv2.weight[:] = torch.tensor([[1.0, -2.0], [0.5, 1.0]]).view(2, 2, 1, 1)
+
+    def forward(self, x):
+        a = self.relu1(self.conv1(x))
+        return self.pool(self.relu2(self.conv2(a) + a))
+
+
+def tiny_expected(x, seed, residual, maxpool):
+    """MWP by hand, position by position, straight from the definitions."""
+    w1 = [[1.0, 2.0], [3.0, -1.0]]
+    b1 = [0.5, 0.0]
+    w2 = [[1.0, -2.0], [0.5, 1.0]]
+    a0 = [v - min(x) for v in x]  # the image is signed: shifted to be non-negative
+    a1 = [[max(0.0, w1[c][0] * x[p] + w1[c][1] * x[p + 1] + b1[c]) for p in range(2)] for c in range(2)]
+    pre = [[sum(w2[c][d] * a1[d][p] for d in range(2)) + a1[c][p] for p in range(2)] for c in range(2)]
+    b2 = [[max(0.0, v) for v in row] for row in pre]
+    # pool: P at the pooled output -> the two pooled positions
+    p2 = [[0.0, 0.0], [0.0, 0.0]]
+    for c in range(2):
+        if maxpool == "sum":
+            z = b2[c][0] + b2[c][1]
+            for p in range(2):
+                p2[c][p] = seed[c] * b2[c][p] / z if z > 0 else 0.0
+        else:
+            p2[c][0 if b2[c][0] >= b2[c][1] else 1] = seed[c]
+    # junction: relu passes P; add of conv2(a1) and the identity a1
+    p1 = [[0.0, 0.0], [0.0, 0.0]]
+    for c in range(2):
+        for p in range(2):
+            conv_part = [max(0.0, w2[c][d]) * a1[d][p] for d in range(2)]
+            zc = sum(conv_part)
+            if residual == "merged":
+                z = zc + a1[c][p]
+                if z <= 0:
+                    continue
+                for d in range(2):
+                    p1[d][p] += p2[c][p] * conv_part[d] / z
+                p1[c][p] += p2[c][p] * a1[c][p] / z
+            else:  # copy
+                for d in range(2):
+                    p1[d][p] += p2[c][p] * conv_part[d] / zc if zc > 0 else 0.0
+                p1[c][p] += p2[c][p]
+    # conv1: input a0 (1 channel, 3 positions), output 2 channels x 2 positions
+    p0 = [0.0, 0.0, 0.0]
+    for c in range(2):
+        for p in range(2):
+            parts = [max(0.0, w1[c][k]) * a0[p + k] for k in range(2)]
+            z = sum(parts)
+            if z > 0:
+                for k in range(2):
+                    p0[p + k] += p1[c][p] * parts[k] / z
+    return p0
+
+
+@pytest.mark.parametrize("residual", ["merged", "copy"])
+@pytest.mark.parametrize("maxpool", ["sum", "argmax"])
+def test_tiny_network_matches_hand_computed_mwp(residual, maxpool):
+    model = Tiny().eval()
+    graph = build_graph(model, "pool", "pool")
+    xs = [1.0, 3.0, 2.0]
+    x = torch.tensor(xs).view(1, 1, 1, 3)
+    tape = Tape(graph, x, Rules(residual=residual, maxpool=maxpool))
+    peak = tape.values[graph.peak][0]  # (2, 1, 1)
+    seed = make_seeds(peak, torch.tensor([[0, 0]]), "activations")
+    maps = tape.backprop(0, seed)[0, 0].tolist()
+    seed_vals = seed[0, :, 0, 0].tolist()
+    expected = tiny_expected(xs, seed_vals, residual, maxpool)
+    assert maps == pytest.approx(expected, abs=1e-6)
+    if residual == "merged":  # MWP conserves probability where every layer's rule does
+        assert sum(maps) == pytest.approx(1.0, abs=1e-6)
+
+
+def _random_case(name, size, seed=0):
+    torch.manual_seed(seed)
+    bb = load_backbone(name, "random")
+    graph = build_graph(bb.model, bb.peak_layer, bb.feature_layer)
+    x = torch.randn(1, 3, *size)
+    return graph, x
+
+
+RULES = [("resnet50", r, m) for r in ("merged", "split", "copy") for m in ("sum", "argmax")] + [
+    ("efficientnet_lite0", r, "sum") for r in ("merged", "split", "copy")
+]
+
+
+@pytest.mark.parametrize("name,residual,maxpool", RULES)
+def test_batched_engine_equals_per_peak_reference(name, residual, maxpool):
+    graph, x = _random_case(name, (64, 96))
+    rules = Rules(residual=residual, maxpool=maxpool)
+    tape = Tape(graph, x, rules)
+    peak = tape.values[graph.peak][0]
+    pos, _ = find_peaks(peak.mean(0), "above_mean")
+    seeds = make_seeds(peak, pos[:4], "activations")
+    fast = tape.backprop(0, seeds)
+    graph64 = graph.to("cpu", torch.float64)
+    slow = reference_maps(graph64, x.double(), seeds, rules)
+    graph.to("cpu", torch.float32)
+    assert fast.shape == slow.shape == (seeds.shape[0], 64, 96)
+    scale = slow.flatten(1).amax(1).view(-1, 1, 1)
+    assert torch.allclose(fast / scale, slow / scale, atol=2e-4)
+    if residual in ("merged", "split"):
+        # Mass at the input equals the seed's mass (1), up to what the image's zero pixel drops.
+        assert torch.allclose(fast.sum((1, 2)), torch.ones(fast.shape[0]), atol=1e-3)
+
+
+def test_batch_of_frames_equals_frames_one_by_one():
+    graph, _ = _random_case("efficientnet_lite0", (64, 64))
+    torch.manual_seed(1)
+    x = torch.randn(3, 3, 64, 64)
+    rules = Rules()
+    tape = Tape(graph, x, rules)
+    for b in range(3):
+        peak = tape.values[graph.peak][b]
+        pos, _ = find_peaks(peak.mean(0), "local_max")
+        seeds = make_seeds(peak, pos, "activations")
+        alone = Tape(graph, x[b : b + 1], rules).backprop(0, seeds)
+        assert torch.allclose(tape.backprop(b, seeds), alone, atol=1e-6, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp16"])
+def test_low_precision_maps_stay_close(dtype, lite0):
+    # Real weights on a real photo: random-init activations vanish below fp16's range.
+    graph = build_graph(lite0.model, lite0.peak_layer, lite0.feature_layer)
+    x = lite0.normalize(photo_batch("coffee", 96))
+    ref_tape = Tape(graph, x, Rules())
+    peak = ref_tape.values[graph.peak][0]
+    pos, _ = find_peaks(peak.mean(0), "above_mean")
+    mass = 64 * 64 if dtype == "fp16" else 1.0
+    ref = ref_tape.backprop(0, make_seeds(peak, pos, "activations"))
+    low = Tape(graph, x, Rules(dtype=dtype)).backprop(0, make_seeds(peak, pos, "activations", mass))
+    ref = ref / ref.flatten(1).amax(1).view(-1, 1, 1)
+    low = low / low.flatten(1).amax(1).view(-1, 1, 1)
+    assert torch.isfinite(low).all()
+    assert (ref - low).abs().mean() < 0.02
+
+
+@pytest.mark.parametrize("stop", ["stride4", "stride8"])
+def test_early_stop_gives_input_sized_maps(stop):
+    graph, x = _random_case("resnet50", (64, 96))
+    tape = Tape(graph, x, Rules(stop=stop))
+    assert tape.stop_index() > 0
+    peak = tape.values[graph.peak][0]
+    pos, _ = find_peaks(peak.mean(0), "local_max")
+    maps = tape.backprop(0, make_seeds(peak, pos, "activations"))
+    assert maps.shape == (pos.shape[0], 64, 96)
+    assert (maps >= 0).all() and maps.sum() > 0
+
+
+def test_uniform_seed_spreads_over_channels():
+    x = torch.rand(4, 3, 3)
+    seeds = make_seeds(x, torch.tensor([[1, 2]]), "uniform")
+    assert torch.allclose(seeds[0, :, 1, 2], torch.full((4,), 0.25))
+    assert seeds.sum() == pytest.approx(1.0)
+    acts = make_seeds(x, torch.tensor([[1, 2]]), "activations")
+    assert torch.allclose(acts[0, :, 1, 2], x[:, 1, 2] / x[:, 1, 2].sum())
+
+
+def test_unsupported_layer_is_a_clear_error():
+    from vidsearch.errors import VidsearchError
+
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.GELU(), nn.Conv2d(4, 4, 3), nn.ReLU())
+    with pytest.raises(VidsearchError, match="no rule for"):
+        build_graph(model, "3", "3")
+    np.testing.assert_equal(len(build_graph(model, "0", "0").ops), 2)

@@ -1,0 +1,122 @@
+"""Presets: every choice that fixes what a region vector means, as one frozen dataclass."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
+
+CHOICES = {
+    "backbone": ("efficientnet_lite0", "resnet50", "vgg16"),
+    "peaks": ("local_max", "local_max_official", "above_mean"),
+    "residual": ("merged", "split", "copy"),
+    "maxpool": ("sum", "argmax"),
+    "seed": ("activations", "uniform"),
+    "threshold": ("tau", "percentile"),
+    "stop": ("input", "stride4", "stride8"),
+    "dtype": ("fp32", "bf16", "fp16"),
+    "pooling": ("avg", "max"),
+}
+
+# Fields that do not change what a stored vector means (speed knobs, sampling).
+_NOT_FINGERPRINTED = {"name", "sample_fps", "dtype", "peak_chunk", "description"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str = "default"
+    description: str = ""
+    backbone: str = "efficientnet_lite0"
+    peak_layer: str = ""  # module prefix; "" = the backbone's default
+    feature_layer: str = ""  # module prefix; "" = the backbone's default
+    long_side: int = 512
+    peaks: str = "above_mean"  # DASR*: every position above mean(X̄)
+    nms_iou: float | None = 0.3  # β; None = no NMS (plain DASR)
+    max_peaks: int = 0  # 0 = no cap; else keep the highest-scoring seeds
+    residual: str = "merged"
+    maxpool: str = "sum"
+    seed: str = "activations"
+    threshold: str = "tau"
+    tau: float = 0.1
+    percentile: float = 95.0
+    stop: str = "input"
+    dtype: str = "fp32"
+    pooling: str = "avg"
+    whiten: bool = True
+    whiten_dims: int = 0  # 0 = keep all dimensions
+    whiten_min_regions: int = 2000  # learn whitening once the library has this many
+    sample_fps: float = 1.0
+    peak_chunk: int = 64
+
+    def __post_init__(self) -> None:
+        for field, allowed in CHOICES.items():
+            value = getattr(self, field)
+            if value not in allowed:
+                raise InputError(
+                    f"preset {self.name!r}: {field} = {value!r} is not one of {', '.join(allowed)}"
+                )
+        if not 0.0 <= self.tau < 1.0:
+            raise InputError(f"preset {self.name!r}: tau must be in [0, 1), got {self.tau}")
+        if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
+            raise InputError(f"preset {self.name!r}: nms_iou must be in (0, 1], got {self.nms_iou}")
+        if self.long_side < 64:
+            raise InputError(f"preset {self.name!r}: long_side must be at least 64")
+        if self.sample_fps <= 0:
+            raise InputError(f"preset {self.name!r}: sample_fps must be positive")
+
+    def replace(self, **changes: object) -> "Preset":
+        return dataclasses.replace(self, **changes)
+
+    def fingerprint(self) -> str:
+        """A short hash of everything that decides what a region vector means."""
+        fields = {
+            k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_FINGERPRINTED
+        }
+        blob = json.dumps(fields, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def available_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def load_preset(name_or_path: str = "default") -> Preset:
+    """Load `presets/NAME.toml` or a .toml file path; unknown keys are an error."""
+    path = Path(name_or_path)
+    if path.suffix != ".toml":
+        path = PRESET_DIR / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise InputError(
+            f"unknown preset {name_or_path!r}: choose one of {', '.join(available_presets())} "
+            "or give a .toml file"
+        )
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise InputError(f"preset file {path} is not valid TOML: {exc}") from None
+    return preset_from_dict(data, default_name=path.stem)
+
+
+def preset_from_dict(data: dict, default_name: str = "custom") -> Preset:
+    data = dict(data)
+    data.setdefault("name", default_name)
+    if data.get("nms_iou") in (0, "none", False):
+        data["nms_iou"] = None
+    known = {f.name for f in dataclasses.fields(Preset)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise InputError(
+            f"preset {data['name']!r}: unknown key(s) {', '.join(unknown)}; "
+            f"known keys: {', '.join(sorted(known))}"
+        )
+    return Preset(**data)

@@ -1,0 +1,221 @@
+"""Marginal winning probability (Excitation Backprop) over a Graph, batched over peaks.
+
+For a layer B = f(A) with non-negative input A, MWP distributes P(B) to A by
+    P(A) = A ⊙ f⁺ᵀ( P(B) / Z ),   Z = f⁺(A)
+where f⁺ is f with its weights clipped to >= 0 (BatchNorm already folded in) and no bias.
+Given the forward pass this is linear in P, so the forward records a tape (A and Z per layer,
+batch = frames) once, and all K peaks of a frame go back together as a batch of K
+cotangents; the tape (batch 1 per frame) broadcasts against them without copies.
+
+Rules (switchable, METHOD.md): residual junctions merged into one MWP layer (paper-consistent),
+split by each branch's positive activation, or copied to both branches (released code);
+max-pool as an all-ones sum-pool (paper) or argmax; back-propagation to the input or stopped
+at stride 4 / 8 and upsampled. Signed inputs are shifted per sample to be non-negative.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .graph import Graph, Op, conv_forward, same_pads
+
+EPS = 1e-20
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass(frozen=True)
+class Rules:
+    residual: str = "merged"  # merged | split | copy
+    maxpool: str = "sum"  # sum | argmax
+    stop: str = "input"  # input | stride4 | stride8
+    dtype: str = "fp32"
+
+
+def shift_nonneg(x: torch.Tensor) -> torch.Tensor:
+    """Signed inputs are not valid MWP inputs: shift each sample so its minimum is 0."""
+    low = x.flatten(1).amin(dim=1).view(-1, *([1] * (x.dim() - 1)))
+    return x - low
+
+
+def _safe_inverse(z: torch.Tensor) -> torch.Tensor:
+    """1/Z where Z > 0, else 0 (a neuron nobody excites passes nothing down).
+
+    Computed in fp32; in fp16 a Z below 1/65504 would overflow, so it counts as zero."""
+    eps = max(EPS, 4.0 / torch.finfo(z.dtype).max)
+    zf = z.float()
+    inv = torch.where(zf > eps, 1.0 / zf.clamp(min=eps), torch.zeros((), device=z.device))
+    return inv.to(z.dtype)
+
+
+def _pool_weight(op: Op, channels: int, device, dtype) -> torch.Tensor:
+    k = op.kernel
+    w = torch.ones(channels, 1, *k, device=device, dtype=dtype)
+    return w / (k[0] * k[1]) if op.kind == "avgpool" else w
+
+
+def _linear_plus(op: Op, a: torch.Tensor, wplus: torch.Tensor) -> torch.Tensor:
+    """Z = f⁺(A): the op's linear part with non-negative weights and no bias."""
+    if op.kind == "conv":
+        return conv_forward(op, a, wplus, None)
+    return F.conv2d(a, wplus, None, op.stride, op.padding, op.dilation, groups=a.shape[1])
+
+
+def _linear_plus_adjoint(op: Op, r: torch.Tensor, wplus: torch.Tensor, in_shape: torch.Size) -> torch.Tensor:
+    """f⁺ᵀ(R) by a transposed convolution, cropped / padded to the input's size."""
+    groups = op.groups if op.kind == "conv" else in_shape[1]
+    h, w = in_shape[-2:]
+    if op.padding == "same":
+        left, right, top, bottom = same_pads(op, h, w)
+        ph, pw = h + top + bottom, w + left + right
+        pad = (0, 0)
+    else:
+        top = left = 0
+        ph, pw = h, w
+        pad = op.padding
+    kh, kw = wplus.shape[-2:]
+    base_h = (r.shape[-2] - 1) * op.stride[0] - 2 * pad[0] + op.dilation[0] * (kh - 1) + 1
+    base_w = (r.shape[-1] - 1) * op.stride[1] - 2 * pad[1] + op.dilation[1] * (kw - 1) + 1
+    out = F.conv_transpose2d(r, wplus, None, op.stride, pad, (ph - base_h, pw - base_w), groups, op.dilation)
+    if op.padding == "same":
+        out = out[..., top : top + h, left : left + w]
+    return out
+
+
+class Tape:
+    """What the adjoint pass needs from one forward pass over a batch of frames."""
+
+    def __init__(self, graph: Graph, x: torch.Tensor, rules: Rules) -> None:
+        self.graph, self.rules = graph, rules
+        dt = DTYPES[rules.dtype]
+        self.dtype = dt
+        ops = graph.ops
+        self.values: list[torch.Tensor] = [x]
+        self.wplus: dict[int, torch.Tensor] = {}
+        self.a: dict[int, torch.Tensor] = {}  # non-negative input of linear ops / identity inputs
+        self.z: dict[int, torch.Tensor] = {}  # Z of convs absorbed into a merged junction
+        self.zinv: dict = {}  # 1/Z per linear op (and per merged junction), batch = frames
+        self.argmax: dict[int, torch.Tensor] = {}
+        self.absorbed: set[int] = set()  # convs folded into the following residual junction
+        needed = self._ancestors(graph.peak)
+        with torch.no_grad():
+            for i in range(1, graph.last + 1):
+                op = ops[i]
+                args = [self.values[j] for j in op.inputs]
+                out = graph.apply(i, args)
+                self.values.append(out)
+                if i not in needed:
+                    continue
+                if op.kind in ("conv", "avgpool") or (op.kind == "maxpool" and rules.maxpool == "sum"):
+                    a = args[0] if ops[op.inputs[0]].nonneg else shift_nonneg(args[0])
+                    a = a.to(dt)
+                    if op.kind == "conv":
+                        wp = op.weight.clamp(min=0).to(dt)
+                    else:
+                        wp = _pool_weight(op, a.shape[1], a.device, dt)
+                    self.wplus[i] = wp
+                    self.a[i] = a
+                    z = _linear_plus(op, a, wp)
+                    self.zinv[i] = _safe_inverse(z)
+                    if rules.residual == "merged" and len(op.users) == 1 and ops[op.users[0]].kind == "add":
+                        self.z[i] = z
+                elif op.kind == "maxpool":
+                    _, idx = F.max_pool2d(args[0], op.kernel, op.stride, op.padding, op.dilation,
+                                          op.ceil_mode, return_indices=True)
+                    self.argmax[i] = idx
+                elif op.kind == "add" and rules.residual == "merged":
+                    total = 0
+                    for j in op.inputs:
+                        if ops[j].kind == "conv" and ops[j].users == [i]:
+                            self.absorbed.add(j)
+                            total = total + self.z.pop(j)
+                        else:
+                            v = self.values[j]
+                            self.a[(i, j)] = (v if ops[j].nonneg else shift_nonneg(v)).to(dt)
+                            total = total + self.a[(i, j)]
+                    self.zinv[("add", i)] = _safe_inverse(total)
+
+    def _ancestors(self, start: int) -> set[int]:
+        seen, todo = set(), [start]
+        while todo:
+            i = todo.pop()
+            if i not in seen:
+                seen.add(i)
+                todo.extend(self.graph.ops[i].inputs)
+        return seen
+
+    def stop_index(self) -> int:
+        """The value where back-propagation stops (0 = the input image)."""
+        if self.rules.stop == "input":
+            return 0
+        want = 4 if self.rules.stop == "stride4" else 8
+        h = self.values[0].shape[-2]
+        ops = self.graph.ops
+        for i in range(1, self.graph.peak + 1):
+            if h / self.values[i].shape[-2] >= want:
+                # A valid cut: nothing after i reads a value from before i.
+                if all(j >= i for k in range(i + 1, self.graph.peak + 1) for j in ops[k].inputs):
+                    return i
+        return 0
+
+    def backprop(self, frame: int, seeds: torch.Tensor) -> torch.Tensor:
+        """Seeds (K, C, h, w) at the peak layer of `frame` -> maps (K, H, W) at input size."""
+        graph, ops, rules = self.graph, self.graph.ops, self.rules
+        stop = self.stop_index()
+        f = slice(frame, frame + 1)
+        prob: dict[int, torch.Tensor] = {graph.peak: seeds.to(self.dtype)}
+        ratio: dict[int, torch.Tensor] = {}  # pre-normalised P/Z handed to absorbed convs
+
+        def give(j: int, p: torch.Tensor) -> None:
+            prob[j] = prob[j] + p if j in prob else p
+
+        for i in range(graph.peak, stop, -1):
+            op = ops[i]
+            p = prob.pop(i, None)
+            r = ratio.pop(i, None)
+            if p is None and r is None:
+                continue
+            if op.kind == "act":
+                give(op.inputs[0], p)
+            elif i in self.wplus:
+                if r is None:
+                    r = p * self.zinv[i][f]
+                a = self.a[i][f]
+                give(op.inputs[0], _linear_plus_adjoint(op, r, self.wplus[i], a.shape).mul_(a))
+            elif op.kind == "maxpool":  # argmax rule
+                src = self.values[op.inputs[0]]
+                idx = self.argmax[i][f].flatten(2).expand(p.shape[0], -1, -1)
+                out = torch.zeros(p.shape[0], src.shape[1], src.shape[2] * src.shape[3], dtype=p.dtype, device=p.device)
+                out.scatter_add_(2, idx, p.flatten(2))
+                give(op.inputs[0], out.view(p.shape[0], *src.shape[1:]))
+            elif op.kind == "add":
+                self._add_rule(i, op, p, f, give, ratio)
+            else:
+                raise AssertionError(f"no MWP rule for {op.kind}")
+        p = prob[stop]
+        maps = p.float().sum(dim=1)
+        size = self.values[0].shape[-2:]
+        if maps.shape[-2:] != size:
+            maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+        return maps
+
+    def _add_rule(self, i, op, p, f, give, ratio) -> None:
+        ops, rule = self.graph.ops, self.rules.residual
+        if rule == "copy":
+            for j in op.inputs:
+                give(j, p)
+        elif rule == "split":
+            parts = [self.values[j][f].clamp(min=0).to(p.dtype) for j in op.inputs]
+            total = sum(parts)
+            for j, c in zip(op.inputs, parts):
+                give(j, torch.where(total > EPS, p * c / total.clamp(min=EPS), p / len(parts)))
+        else:  # merged: one MWP layer over both branches, Z = Σ f⁺(A)
+            r = p * self.zinv[("add", i)][f]
+            for j in op.inputs:
+                if j in self.absorbed:
+                    ratio[j] = r
+                else:
+                    give(j, self.a[(i, j)][f] * r)
