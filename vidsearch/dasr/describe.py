@@ -24,7 +24,12 @@ def pool_boxes(features: torch.Tensor, boxes: torch.Tensor, frame_idx: torch.Ten
     if mode == "avg":
         out = roi_align(features, rois, output_size=1, spatial_scale=scale, sampling_ratio=-1, aligned=True)
     else:
-        out = roi_pool(features, rois, output_size=1, spatial_scale=scale)
+        # roi_pool rounds both ends and includes the end cell: hand it the covered cell range.
+        cells = boxes * scale
+        start = cells[:, :2].floor()
+        end = torch.maximum(cells[:, 2:].ceil(), start + 1) - 1
+        rois = torch.cat([frame_idx.to(boxes.dtype)[:, None], start, end], dim=1).to(features.dtype)
+        out = roi_pool(features, rois, output_size=1, spatial_scale=1.0)
     return out.flatten(1)
 
 

@@ -73,9 +73,13 @@ def maps_to_boxes(maps: torch.Tensor, threshold: str = "tau", tau: float = 0.1,
     if threshold == "tau":
         mask = norm >= tau
     else:
-        n = h * w
-        kth = max(1, min(n, int(round(percentile / 100.0 * n))))
-        cut = norm.flatten(1).kthvalue(kth, dim=1).values.view(k, 1, 1)
+        # The percentile with linear interpolation, as numpy.percentile computes it.
+        flat = norm.flatten(1)
+        pos = percentile / 100.0 * (h * w - 1)
+        lo, hi = int(pos), min(int(pos) + 1, h * w - 1)
+        v_lo = flat.kthvalue(lo + 1, dim=1).values
+        v_hi = flat.kthvalue(hi + 1, dim=1).values
+        cut = (v_lo + (v_hi - v_lo) * (pos - lo)).view(k, 1, 1)
         mask = norm >= cut
     mask = mask.float()
     ys = torch.arange(h, device=maps.device, dtype=torch.float32) + 0.5
@@ -87,15 +91,12 @@ def maps_to_boxes(maps: torch.Tensor, threshold: str = "tau", tau: float = 0.1,
     my = (row_mass * ys).sum(1) / count
     vx = (col_mass * xs**2).sum(1) / count - mx**2
     vy = (row_mass * ys**2).sum(1) / count - my**2
-    sx, sy = vx.clamp(min=0).sqrt(), vy.clamp(min=0).sqrt()
-    boxes = torch.stack([mx - 2 * sx, my - 2 * sy, mx + 2 * sx, my + 2 * sy], dim=1)
+    # Half extents 2σ, at least half a pixel so a one-pixel region still covers its pixel.
+    hx = (2 * vx.clamp(min=0).sqrt()).clamp(min=0.5)
+    hy = (2 * vy.clamp(min=0).sqrt()).clamp(min=0.5)
+    boxes = torch.stack([mx - hx, my - hy, mx + hx, my + hy], dim=1)
     boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
     boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-    # A single-pixel region still gets a one-pixel box, so pooling has something to read.
-    boxes[:, 2] = torch.maximum(boxes[:, 2], (boxes[:, 0] + 1).clamp(max=w))
-    boxes[:, 3] = torch.maximum(boxes[:, 3], (boxes[:, 1] + 1).clamp(max=h))
-    boxes[:, 0] = torch.minimum(boxes[:, 0], boxes[:, 2] - 1).clamp(min=0)
-    boxes[:, 1] = torch.minimum(boxes[:, 1], boxes[:, 3] - 1).clamp(min=0)
     return boxes
 
 
