@@ -1,0 +1,323 @@
+"""Decoding and sampling: decord (default) and PyAV backends behind one small interface.
+
+Frames are numbered in presentation order from 0 (the "decoder frame number"); times are
+seconds of media time from the stream's start. Where a container has no usable timestamps
+(missing or not increasing, as in some AVI files), time falls back to frame / fps and
+`VideoInfo.has_pts` says so. Decoding is sequential (no seek per sample), scaled in the
+decoder to the engine's size, and runs ahead of the consumer in a thread with a bounded queue.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, Protocol
+
+import numpy as np
+
+from .errors import InputError
+
+
+@dataclass
+class VideoInfo:
+    path: Path
+    width: int  # display size, rotation applied
+    height: int
+    fps: Fraction  # nominal frame rate, exact
+    frame_count: int
+    duration: float  # seconds
+    codec: str
+    rotation: int = 0  # degrees clockwise to display upright
+    has_pts: bool = True
+    start_tc: str | None = None  # the media's own start timecode, when the container has one
+    vfr: bool = False
+
+
+@dataclass
+class Frame:
+    index: int  # decoder frame number
+    time: float  # seconds of media time
+    image: np.ndarray  # (H, W, 3) uint8, scaled for the engine
+
+
+def _open(path: Path):
+    import av
+
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path} is a directory: give video files (e.g. {path}/*.mp4)")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is empty (0 bytes): re-export or re-copy the video")
+    try:
+        container = av.open(str(path))
+    except Exception as exc:
+        raise InputError(f"{path} is not a video that FFmpeg can read ({type(exc).__name__}): check the file") from None
+    if not container.streams.video:
+        container.close()
+        raise InputError(f"{path} has no video stream (audio only?): give a video file")
+    return container
+
+
+def _fraction(rate) -> Fraction | None:
+    if rate is None:
+        return None
+    f = Fraction(rate.numerator, rate.denominator) if hasattr(rate, "numerator") else Fraction(rate)
+    return f if f > 0 else None
+
+
+def _first_frames(container, n: int = 24) -> tuple[int, bool]:
+    """Rotation (degrees clockwise to turn frames upright, from the display matrix) and whether
+    presentation timestamps are usable (present and increasing), from the first frames."""
+    rotation, pts = 0, []
+    try:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i == 0:  # PyAV reports the display matrix's counter-clockwise angle
+                rotation = int(round(-(getattr(frame, "rotation", 0) or 0))) % 360
+            pts.append(frame.pts)
+            if i + 1 >= n:
+                break
+    except Exception:
+        pass
+    usable = bool(pts) and None not in pts and all(b > a for a, b in zip(pts, pts[1:]))
+    return rotation, usable
+
+
+def probe(path: str | Path) -> VideoInfo:
+    """Container facts, exact frame rate and start timecode, read with PyAV."""
+    path = Path(path)
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        if ctx.name is None or ctx.width == 0:
+            raise InputError(f"{path}: the video codec is not supported by this FFmpeg build")
+        fps = _fraction(stream.average_rate) or _fraction(stream.guessed_rate) or _fraction(stream.base_rate)
+        if fps is None:
+            raise InputError(f"{path}: the container gives no frame rate; re-mux it (ffmpeg -i in -c copy out.mp4)")
+        if stream.duration and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration:
+            duration = container.duration / 1_000_000
+        else:
+            duration = (stream.frames or 0) / float(fps)
+        frames = stream.frames or int(round(duration * fps))
+        tc = stream.metadata.get("timecode") or container.metadata.get("timecode")
+        for other in container.streams:
+            tc = tc or other.metadata.get("timecode")
+        vfr = bool(stream.guessed_rate and stream.average_rate and
+                   abs(float(stream.guessed_rate) - float(stream.average_rate)) > 0.01)
+        rotation, has_pts = _first_frames(container)
+        width, height = ctx.width, ctx.height
+        if rotation in (90, 270):
+            width, height = height, width
+        return VideoInfo(path, width, height, fps, frames, duration, ctx.name, rotation,
+                         has_pts, tc, vfr)
+    finally:
+        container.close()
+
+
+class Sampler:
+    """Which frames to keep: one per 1/fps seconds of media time, or every n-th frame."""
+
+    def __init__(self, fps: float | None = 1.0, every_n: int | None = None) -> None:
+        if every_n is not None and every_n < 1:
+            raise InputError(f"--every-n must be a positive whole number, got {every_n}")
+        if every_n is None and (fps is None or not fps > 0 or not math.isfinite(fps)):
+            raise InputError(f"--fps must be a positive number of frames per second, got {fps}")
+        self.fps, self.every_n = fps, every_n
+        self._next = 0.0
+
+    def take(self, index: int, time: float, frame_period: float) -> bool:
+        if self.every_n is not None:
+            return index % self.every_n == 0
+        # Keep the first frame at or past each target time, with 0.45 frame of tolerance and
+        # times rounded to 10 µs, so float32 (decord) and exact (PyAV) times pick the same frames.
+        t = round(time + 0.45 * frame_period, 5)
+        if t >= round(self._next, 5):
+            step = 1.0 / self.fps
+            self._next = (math.floor(t / step) + 1) * step
+            return True
+        return False
+
+
+def scaled_size(width: int, height: int, long_side: int | None) -> tuple[int, int]:
+    if not long_side or max(width, height) <= long_side:
+        return width, height
+    s = long_side / max(width, height)
+    # even sizes keep every scaler happy
+    return max(2, 2 * round(width * s / 2)), max(2, 2 * round(height * s / 2))
+
+
+def _upright(image: np.ndarray, rotation: int) -> np.ndarray:
+    if rotation == 90:
+        return np.ascontiguousarray(np.rot90(image, k=-1))
+    if rotation == 180:
+        return np.ascontiguousarray(image[::-1, ::-1])
+    if rotation == 270:
+        return np.ascontiguousarray(np.rot90(image, k=1))
+    return image
+
+
+def _usable(times: list[float]) -> bool:
+    return bool(times) and all(math.isfinite(t) and t > -1e9 for t in times) and all(
+        b > a for a, b in zip(times, times[1:]))
+
+
+class FrameSource(Protocol):
+    info: VideoInfo
+    stopped_at: str | None  # set when decoding ended early (truncated file)
+
+    def frames(self, sampler: Sampler) -> Iterator[Frame]: ...
+
+
+class PyAVSource:
+    """Sequential decode with frame threading; scaling in swscale."""
+
+    def __init__(self, info: VideoInfo, long_side: int | None = None) -> None:
+        self.info, self.long_side = info, long_side
+        self.stopped_at: str | None = None
+
+    def frames(self, sampler: Sampler) -> Iterator[Frame]:
+        info = self.info
+        container = _open(info.path)
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        rot = info.rotation
+        coded_w, coded_h = (info.height, info.width) if rot in (90, 270) else (info.width, info.height)
+        w, h = scaled_size(coded_w, coded_h, self.long_side)
+        period = 1.0 / float(info.fps)
+        first_pts = None
+        last_t = -math.inf
+        index = 0
+        try:
+            for frame in container.decode(stream):
+                t = index * period
+                if info.has_pts and frame.pts is not None:
+                    first_pts = frame.pts if first_pts is None else first_pts
+                    t = float((frame.pts - first_pts) * stream.time_base)
+                    if t <= last_t:  # not increasing after all: frame numbers from here on
+                        info.has_pts = False
+                        t = index * period
+                last_t = t
+                if sampler.take(index, t, period):
+                    img = frame.to_ndarray(format="rgb24", width=w, height=h)
+                    yield Frame(index, t, _upright(img, rot))
+                index += 1
+        except Exception as exc:  # a truncated or damaged stream: keep what decoded
+            self.stopped_at = f"decoding stopped at frame {index} ({type(exc).__name__})"
+        finally:
+            container.close()
+
+
+class DecordSource:
+    """decord (the maintained decord2 fork): decoder-side scaling, batched sequential reads."""
+
+    def __init__(self, info: VideoInfo, long_side: int | None = None, chunk: int = 32) -> None:
+        self.info, self.long_side, self.chunk = info, long_side, chunk
+        self.stopped_at: str | None = None
+
+    def frames(self, sampler: Sampler) -> Iterator[Frame]:
+        import decord
+
+        info = self.info
+        rot = info.rotation
+        coded_w, coded_h = (info.height, info.width) if rot in (90, 270) else (info.width, info.height)
+        w, h = scaled_size(coded_w, coded_h, self.long_side)
+        try:
+            vr = decord.VideoReader(str(info.path), ctx=decord.cpu(0), width=w, height=h, num_threads=0)
+        except Exception as exc:
+            raise InputError(f"{info.path}: decord cannot open it ({type(exc).__name__}); try --decoder pyav") from None
+        n = len(vr)
+        period = 1.0 / float(info.fps)
+        stamps = vr.get_frame_timestamp(list(range(n)))[:, 0].tolist() if n else []
+        if stamps and stamps[0] > 0 and _usable(stamps):
+            first = stamps[0]  # media time counts from the stream's first frame
+            stamps = [s - first for s in stamps]
+        if not _usable(stamps):
+            info.has_pts = False
+            stamps = [i * period for i in range(n)]
+        wanted = [i for i in range(n) if sampler.take(i, stamps[i], period)]
+        for c in range(0, len(wanted), self.chunk):
+            idx = wanted[c : c + self.chunk]
+            try:
+                batch = vr.get_batch(idx).asnumpy()
+            except Exception as exc:
+                self.stopped_at = f"decoding stopped near frame {idx[0]} ({type(exc).__name__})"
+                return
+            for i, img in zip(idx, batch):
+                yield Frame(i, stamps[i], _upright(img, rot))
+
+
+def open_source(path: str | Path, decoder: str = "decord", long_side: int | None = None,
+                info: VideoInfo | None = None) -> FrameSource:
+    info = info or probe(path)
+    if decoder == "decord" and not info.has_pts:
+        # decord seeks by timestamp; without usable ones it returns wrong frames after a seek
+        # (seen on an H.264 AVI: its frame 400 was really frame 150). PyAV decodes in order.
+        decoder = "pyav"
+    if decoder == "decord":
+        return DecordSource(info, long_side)
+    if decoder == "pyav":
+        return PyAVSource(info, long_side)
+    raise InputError(f"unknown decoder {decoder!r}: use decord or pyav")
+
+
+def read_ahead(frames: Iterator[Frame], batch: int, depth: int = 4) -> Iterator[list[Frame]]:
+    """Group frames into batches, decoded in a thread up to `depth` batches ahead."""
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            group: list[Frame] = []
+            for f in frames:
+                if stop.is_set():
+                    return
+                group.append(f)
+                if len(group) == batch:
+                    q.put(group)
+                    group = []
+            if group:
+                q.put(group)
+            q.put(done)
+        except BaseException as exc:  # hand the error to the consumer
+            q.put(exc)
+
+    thread = threading.Thread(target=work, daemon=True, name="vidsearch-decode")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(timeout=0.05)
+
+
+def read_frame_at(path: str | Path, seconds: float, decoder: str = "pyav") -> Frame:
+    """The frame shown at `seconds` (full resolution), for --query-video."""
+    info = probe(path)
+    if seconds < 0 or seconds > info.duration + 1.0 / float(info.fps):
+        raise InputError(f"--at {seconds:.3f}s is outside {Path(path).name} (0 to {info.duration:.3f}s)")
+    best: Frame | None = None
+    for f in PyAVSource(info, None).frames(Sampler(every_n=1)):
+        if f.time > seconds + 1e-6:
+            break
+        best = f
+    if best is None:
+        raise InputError(f"no frame decodes at {seconds:.3f}s in {path}")
+    return best
