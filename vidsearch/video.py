@@ -321,3 +321,48 @@ def read_frame_at(path: str | Path, seconds: float, decoder: str = "pyav") -> Fr
     if best is None:
         raise InputError(f"no frame decodes at {seconds:.3f}s in {path}")
     return best
+
+
+def grab_frame(path: str | Path, time: float, index: int, info: VideoInfo | None = None) -> np.ndarray:
+    """The full-resolution, upright frame `index` (at `time`): seek to the keyframe before it
+    and decode forward; files without usable timestamps are decoded from the start."""
+    import av
+
+    info = info or probe(path)
+    period = 1.0 / float(info.fps)
+    container = _open(Path(path))
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        if info.has_pts and stream.time_base:
+            container.seek(max(0, int((time - 1.0) / float(stream.time_base))) + (stream.start_time or 0),
+                           stream=stream, backward=True, any_frame=False)
+            first = None
+            last = None
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                # Times are counted from the stream's first frame, as when indexing.
+                first = _first_pts(path) if first is None else first
+                t = float((frame.pts - first) * stream.time_base)
+                last = frame
+                if t >= time - period / 2:
+                    break
+            if last is not None:
+                return _upright(last.to_ndarray(format="rgb24"), info.rotation)
+        for i, frame in enumerate(container.decode(stream)):
+            if i >= index:
+                return _upright(frame.to_ndarray(format="rgb24"), info.rotation)
+    finally:
+        container.close()
+    raise InputError(f"frame {index} of {path} cannot be decoded any more (was the file changed?)")
+
+
+def _first_pts(path: str | Path) -> int:
+    import av
+
+    with av.open(str(path)) as c:
+        for frame in c.decode(video=0):
+            if frame.pts is not None:
+                return frame.pts
+    return 0

@@ -53,7 +53,7 @@ def to_batch(frames, device: torch.device) -> torch.Tensor:
     """uint8 (B, H, W, 3) array/tensor or list of same-size arrays -> float (B, 3, H, W) in [0, 1]."""
     if isinstance(frames, list):
         frames = np.stack(frames)
-    t = torch.as_tensor(frames).to(device, non_blocking=True)
+    t = torch.from_numpy(np.array(frames, copy=True)).to(device, non_blocking=True)
     return t.permute(0, 3, 1, 2).float().div_(255.0)
 
 

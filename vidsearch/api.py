@@ -1,0 +1,449 @@
+"""The operations behind the CLI, as importable functions."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import Preset, load_preset
+from .errors import InputError, LibraryError, VidsearchError
+from .library import Library, content_key
+from .search import SearchResult, fuse, search
+from .video import Sampler, open_source, probe, read_ahead, read_frame_at
+
+
+# ----------------------------------------------------------------------------- queries
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Any image Pillow reads (grayscale, RGBA, 16-bit, CMYK, ...) -> RGB uint8 (H, W, 3)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"query image {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img).astype(np.float64)
+                top = 65535.0 if arr.max() > 255 else 255.0
+                arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
+                return np.ascontiguousarray(np.stack([arr] * 3, axis=-1))
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                rgba = img.convert("RGBA")
+                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(background, rgba)
+            return np.ascontiguousarray(np.asarray(img.convert("RGB")))
+    except UnidentifiedImageError:
+        raise InputError(f"{path} is not an image Pillow can read: give a PNG, JPEG, TIFF or WebP") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise InputError(f"{path} is a damaged image ({exc}): export the crop again") from None
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """'X,Y,W,H' in pixels -> (x, y, w, h)."""
+    parts = text.replace(" ", "").split(",")
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        values = ()
+    if len(values) != 4 or not all(np.isfinite(values)):
+        raise InputError(f"--box {text!r} is not X,Y,W,H in pixels (e.g. --box 120,40,200,150)")
+    x, y, w, h = values
+    if w <= 0 or h <= 0:
+        raise InputError(f"--box {text!r} has zero or negative width/height: W and H must be > 0")
+    return x, y, w, h
+
+
+def box_in_image(box: tuple[float, float, float, float], shape: tuple[int, ...], what: str) -> tuple[float, float, float, float]:
+    """(x, y, w, h) -> (x1, y1, x2, y2) clipped to the image; outside or empty is an error."""
+    h_img, w_img = shape[:2]
+    x, y, w, h = box
+    x1, y1, x2, y2 = max(0.0, x), max(0.0, y), min(float(w_img), x + w), min(float(h_img), y + h)
+    if x2 - x1 < 1 or y2 - y1 < 1:
+        raise InputError(f"--box {x:g},{y:g},{w:g},{h:g} lies outside {what} ({w_img}x{h_img} pixels)")
+    return x1, y1, x2, y2
+
+
+@dataclass
+class Query:
+    source: str
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in the image
+    image: np.ndarray
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"source": self.source, "box": [round(v, 1) for v in self.box],
+                "size": [int(self.image.shape[1]), int(self.image.shape[0])]}
+
+
+def make_queries(images: list[str], boxes: list[str], query_video: str | None = None,
+                 at: str | None = None) -> list[Query]:
+    """--query IMG (and --box per image, or one box for all) and/or --query-video V --at T --box B."""
+    if not images and not query_video:
+        raise InputError("give a query: --query IMAGE (a crop, or a frame with --box X,Y,W,H) or --query-video VIDEO --at TIME --box X,Y,W,H")
+    if boxes and images and len(boxes) not in (1, len(images)) and not query_video:
+        raise InputError(f"{len(boxes)} --box values for {len(images)} --query images: give one box, or one per image")
+    queries: list[Query] = []
+    for i, path in enumerate(images):
+        img = load_image(path)
+        box_text = boxes[i] if len(boxes) == len(images) else (boxes[0] if boxes and not query_video else None)
+        if box_text:
+            box = box_in_image(parse_box(box_text), img.shape, Path(path).name)
+        else:
+            box = (0.0, 0.0, float(img.shape[1]), float(img.shape[0]))
+        queries.append(Query(str(Path(path).resolve()), box, img))
+    if query_video:
+        if at is None:
+            raise InputError("--query-video needs --at TIME (seconds or HH:MM:SS:FF)")
+        from .timecode import parse_time
+
+        info = probe(query_video)
+        seconds = parse_time(at, info.fps)
+        frame = read_frame_at(query_video, seconds)
+        box_text = boxes[-1] if boxes else None
+        box = box_in_image(parse_box(box_text), frame.image.shape, Path(query_video).name) if box_text else \
+            (0.0, 0.0, float(frame.image.shape[1]), float(frame.image.shape[0]))
+        queries.append(Query(f"{Path(query_video).resolve()}@{frame.time:.3f}s", box, frame.image))
+    for q in queries:
+        w, h = q.box[2] - q.box[0], q.box[3] - q.box[1]
+        if min(w, h) < 32:
+            q.warnings.append(f"the query box in {Path(q.source).name} is only {w:.0f}x{h:.0f} pixels: "
+                              "recall will be poor; a larger crop works better")
+    return queries
+
+
+# ----------------------------------------------------------------------------- index
+
+
+@dataclass
+class IndexReport:
+    path: str
+    status: str  # indexed | replaced | unchanged | duplicate | failed
+    frames: int = 0
+    regions: int = 0
+    seconds: float = 0.0
+    note: str = ""
+
+
+def resolve_preset(lib: Library, name: str | None) -> Preset:
+    stored = lib.preset()
+    if name is None:
+        return stored or load_preset("default")
+    preset = load_preset(name)
+    lib.check_preset(preset)
+    return preset
+
+
+def _engine(preset: Preset, device: str, weights: str | None):
+    from .dasr.engine import Engine
+
+    return Engine(preset, device, weights)
+
+
+def index_video(lib: Library, engine, path: Path, sampler: Sampler, batch: int, decoder: str,
+                on_progress=None, replaces: int | None = None, stop_after: int | None = None) -> IndexReport:
+    """Decode, extract and commit one video (the caller holds the writer lock)."""
+    start = time.perf_counter()
+    info = probe(path)
+    key = content_key(path)
+    source = open_source(path, decoder, engine.preset.long_side, info=info)
+    vid = lib.begin_video(path, key, info)
+    frames_idx, frames_t = [], []
+    parts = {k: [] for k in ("frame", "time", "box", "score", "desc")}
+    done = 0
+    for group in read_ahead(source.frames(sampler), batch):
+        images = [f.image for f in group]
+        regions = engine.extract(np.stack(images))
+        fh, fw = images[0].shape[:2]
+        scale = np.array([info.width / fw, info.height / fh] * 2, dtype=np.float32)
+        for j, f in enumerate(group):
+            frames_idx.append(f.index)
+            frames_t.append(f.time)
+        parts["frame"].append(np.array([group[j].index for j in regions.frame], dtype=np.int64))
+        parts["time"].append(np.array([group[j].time for j in regions.frame], dtype=np.float64))
+        parts["box"].append(regions.boxes * scale)
+        parts["score"].append(regions.scores)
+        parts["desc"].append(regions.vectors.astype(np.float16))
+        done += len(group)
+        if on_progress:
+            on_progress(len(group))
+        if stop_after is not None and done >= stop_after:  # tests: simulate a crash mid-video
+            raise KeyboardInterrupt
+    if not frames_idx:
+        lib.remove_video(vid)
+        raise InputError(f"{path}: no frame could be decoded" + (f" ({source.stopped_at})" if source.stopped_at else ""))
+    dim = engine.dim
+    arrays = {k: (np.concatenate(v) if v else np.zeros((0, 4) if k == "box" else (0, dim) if k == "desc" else 0))
+              for k, v in parts.items()}
+    arrays["sample_frame"] = np.array(frames_idx, dtype=np.int64)
+    arrays["sample_time"] = np.array(frames_t, dtype=np.float64)
+    notes = []
+    if not info.has_pts:
+        notes.append("no usable timestamps: times are frame / fps")
+    if source.stopped_at:
+        notes.append(f"truncated: {source.stopped_at}")
+    lib.commit_video(vid, arrays, info.has_pts, "; ".join(notes), replaces=replaces)
+    return IndexReport(str(path), "replaced" if replaces else "indexed", len(frames_idx), len(arrays["frame"]),
+                       time.perf_counter() - start, "; ".join(notes))
+
+
+def index_videos(paths: list[str], library: str | None = None, preset: str | None = None,
+                 fps: float | None = None, every_n: int | None = None, device: str = "auto",
+                 batch: int = 8, decoder: str = "decord", weights: str | None = None, wait: float = 0.0,
+                 progress=None, stop_after: int | None = None) -> list[IndexReport]:
+    """Index videos into the library; unchanged ones are skipped, changed ones re-indexed.
+
+    `progress(path, total_frames)` returns a callback taking a number of new frames."""
+    if fps is not None and every_n is not None:
+        raise InputError("give --fps or --every-n, not both")
+    resolved = []
+    for p in paths:
+        path = Path(p).expanduser()
+        if not path.exists():
+            raise InputError(f"{p}: no such file")
+        if path.is_dir():
+            raise InputError(f"{p} is a directory: give video files (e.g. {p}/*.mp4)")
+        resolved.append(path.resolve())
+    lib = Library.open(library, create=True)
+    reports: list[IndexReport] = []
+    engine = None
+    try:
+        with lib.writer(wait):
+            chosen = resolve_preset(lib, preset)
+            sample_fps = fps if fps is not None else chosen.sample_fps
+            for path in resolved:
+                try:
+                    key = content_key(path)
+                    same_path = lib.find_video(path=path)
+                    if same_path and same_path.content_key == key:
+                        reports.append(IndexReport(str(path), "unchanged", same_path.frames, same_path.regions))
+                        continue
+                    same_content = lib.find_video(key=key)
+                    if same_content and same_content.path != str(path):
+                        reports.append(IndexReport(str(path), "duplicate", note=f"same content as {same_content.path}"))
+                        continue
+                    info = probe(path)
+                    sampler = Sampler(fps=sample_fps if every_n is None else None, every_n=every_n)
+                    if engine is None:
+                        engine = _engine(chosen, device, weights)
+                        lib.adopt_preset(chosen)
+                    expected = (info.frame_count // every_n + 1) if every_n else int(info.duration * sample_fps) + 1
+                    tick = progress(path, expected) if progress else None
+                    reports.append(index_video(lib, engine, path, sampler, batch, decoder, tick,
+                                               replaces=same_path.id if same_path else None, stop_after=stop_after))
+                except InputError as exc:
+                    reports.append(IndexReport(str(path), "failed", note=str(exc)))
+            if any(r.status in ("indexed", "replaced") for r in reports) or lib.meta("preset"):
+                lib.refresh(lib.preset() or chosen)
+    finally:
+        lib.close()
+    return reports
+
+
+# ----------------------------------------------------------------------------- find
+
+
+@dataclass
+class FindResult:
+    query: list[Query]
+    library: str
+    preset: str
+    result: SearchResult
+    warnings: list[str]
+
+    def to_dict(self) -> dict:
+        return {
+            "query": {"images": [q.to_dict() for q in self.query], "threshold": round(self.result.threshold, 4),
+                      "regions_scored": self.result.regions_scored},
+            "library": self.library,
+            "preset": self.preset,
+            "segments": [s.to_dict() for s in self.result.segments],
+        }
+
+
+def find(images: list[str], boxes: list[str] | None = None, library: str | None = None, top: int = 20,
+         min_score: float | None = None, query_video: str | None = None, at: str | None = None,
+         device: str = "auto", weights: str | None = None, preset: str | None = None) -> FindResult:
+    if top < 1:
+        raise InputError(f"--top must be at least 1, got {top}")
+    lib = Library.open(library)
+    try:
+        stored = lib.preset()
+        if stored is None:
+            raise LibraryError(f"library {lib.root} has no videos yet: run vidsearch index first")
+        if preset is not None:
+            lib.check_preset(load_preset(preset))
+        queries = make_queries(images, boxes or [], query_video, at)
+        engine = _engine(stored, device, weights)
+        raw = [engine.describe(q.image, q.box) for q in queries]
+        index, _ = lib.load_index()
+        w = lib.whitening()
+        vecs = [w.apply(r[None])[0] if w is not None else r for r in raw]
+        result = search(lib, index, fuse(vecs), top=top, min_score=min_score)
+        notes = [m for q in queries for m in q.warnings]
+        _, bad = lib.readable_videos()
+        notes += [f"skipped {v.path}: its shard is unreadable ({why}); re-index it" for v, why in bad]
+        return FindResult(queries, str(lib.root), stored.name, result, notes)
+    finally:
+        lib.close()
+
+
+# ----------------------------------------------------------------------------- pictures
+
+
+def best_frames(segments) -> dict[int, np.ndarray]:
+    """Full-resolution best frame per segment (by position); missing files are skipped."""
+    from .video import grab_frame
+
+    frames: dict[int, np.ndarray] = {}
+    for i, seg in enumerate(segments):
+        try:
+            frames[i] = grab_frame(seg.video.path, seg.best.time, seg.best.frame)
+        except VidsearchError:
+            continue
+    return frames
+
+
+def write_overlays(segments, frames: dict[int, np.ndarray], out_dir: str | Path) -> list[Path]:
+    """One overlay PNG per segment (best frame, box, label) and contact-sheet.png."""
+    from .render import contact_sheet, crop_box, draw_box, save_png
+
+    out_dir = Path(out_dir)
+    written, tiles = [], []
+    for i, seg in enumerate(segments):
+        if i not in frames:
+            continue
+        d = seg.to_dict()
+        label = f"#{i + 1} {d['score']:.2f} {d['best_tc'] if 'best_tc' in d else d['start_tc']}"
+        name = f"segment-{i + 1:03d}_{Path(seg.video.path).stem[:40]}_{d['start_tc'].replace(':', '-').replace(';', '-')}.png"
+        written.append(save_png(draw_box(frames[i], seg.best.box, label), out_dir / name))
+        tiles.append((crop_box(frames[i], seg.best.box, pad=0.25), f"#{i + 1} {d['start_tc']} {d['score']:.2f}"))
+    if tiles:
+        written.append(save_png(contact_sheet(tiles), out_dir / "contact-sheet.png"))
+    return written
+
+
+# ----------------------------------------------------------------------------- status / remove
+
+
+def status(library: str | None = None) -> dict:
+    lib = Library.open(library)
+    try:
+        good, bad = lib.readable_videos()
+        preset = lib.preset()
+        w = lib.whitening()
+        manifest = lib._read_manifest() or {}
+        index_file = lib.index_dir / manifest.get("file", "-")
+        current = manifest.get("videos") == {str(v.id): v.regions for v in good} and \
+            manifest.get("whitening") == (w.version if w else 0)
+        return {
+            "library": str(lib.root),
+            "preset": preset.name if preset else None,
+            "backbone": preset.backbone if preset else None,
+            "fingerprint": preset.fingerprint() if preset else None,
+            "videos": [{"id": v.id, "path": v.path, "fps": v.fps, "duration": v.duration, "frames": v.frames,
+                        "regions": v.regions, "timestamps": "pts" if v.has_pts else "frame/fps (no usable pts)",
+                        "start_tc": v.start_tc, "note": v.note, "indexed_at": v.indexed_at} for v in good],
+            "unreadable": [{"path": v.path, "why": why} for v, why in bad],
+            "frames": sum(v.frames for v in good),
+            "regions": sum(v.regions for v in good),
+            "whitening": {"version": w.version, "fitted_on": w.fitted_on, "dims": int(w.proj.shape[0])} if w else None,
+            "index": {"current": bool(current), "bytes": index_file.stat().st_size if index_file.is_file() else 0},
+        }
+    finally:
+        lib.close()
+
+
+def remove(videos: list[str], library: str | None = None, wait: float = 0.0) -> list[str]:
+    lib = Library.open(library)
+    removed = []
+    try:
+        with lib.writer(wait):
+            for v in videos:
+                path = Path(v).expanduser().resolve()
+                row = lib.find_video(path=path)
+                if row is None:
+                    raise InputError(f"{v} is not in library {lib.root}: see `vidsearch status`")
+                lib.remove_video(row.id)
+                removed.append(row.path)
+            preset = lib.preset()
+            if preset:
+                lib.refresh(preset)
+    finally:
+        lib.close()
+    return removed
+
+
+def doctor() -> tuple[list[tuple[str, str, bool]], bool]:
+    """(check, detail, ok) rows; ok overall when everything the default preset needs is there."""
+    import platform
+
+    rows: list[tuple[str, str, bool]] = []
+
+    def check(name: str, fn) -> None:
+        try:
+            detail, ok = fn()
+        except Exception as exc:
+            detail, ok = f"{type(exc).__name__}: {exc}"[:160], False
+        rows.append((name, detail, ok))
+
+    rows.append(("python", platform.python_version(), True))
+
+    def torch_check():
+        import torch
+
+        cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA GPU (CPU will be used)"
+        return f"torch {torch.__version__}; {cuda}", True
+
+    def tv():
+        import torchvision
+        from torchvision.ops import nms  # noqa: F401
+
+        return f"torchvision {torchvision.__version__}", True
+
+    def decord_check():
+        import decord
+
+        return f"decord {getattr(decord, '__version__', '?')}", True
+
+    def av_check():
+        import av
+
+        return f"PyAV {av.__version__} (FFmpeg {'.'.join(map(str, av.library_versions['libavcodec']))} libavcodec)", True
+
+    def faiss_check():
+        import faiss
+
+        gpu = "GPU" if hasattr(faiss, "StandardGpuResources") else "CPU"
+        return f"faiss {faiss.__version__} ({gpu})", True
+
+    def weights_check():
+        from .backbones import weights_available
+
+        ok, where = weights_available(load_preset("default").backbone)
+        return where, ok
+
+    def otio_check():
+        import opentimelineio as otio
+
+        return f"OpenTimelineIO {otio.__version__}", True
+
+    for name, fn in [("torch", torch_check), ("torchvision", tv), ("decord", decord_check), ("pyav", av_check),
+                     ("faiss", faiss_check), ("default weights", weights_check), ("opentimelineio", otio_check)]:
+        check(name, fn)
+    for name in ("resnet50", "vgg16"):
+        from .backbones import weights_available
+
+        ok, where = weights_available(name)
+        rows.append((f"{name} weights (optional)", where, True if not ok else ok))
+    return rows, all(ok for _, _, ok in rows)
+
+
+warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+__all__ = ["index_videos", "find", "status", "remove", "doctor", "make_queries", "load_image", "VidsearchError"]

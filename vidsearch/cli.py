@@ -1,0 +1,239 @@
+"""The vidsearch command line: thin wiring over vidsearch.api."""
+
+from __future__ import annotations
+
+import json
+import sys
+from functools import wraps
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import api
+from .errors import VidsearchError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Find one specific object in hours of video (DASR* regions + FAISS).")
+out = Console()
+err = Console(stderr=True)
+
+LIBRARY = typer.Option(None, "--library", "-l", help="Library directory (default: $VIDSEARCH_LIBRARY or the per-user data dir).")
+DEVICE = typer.Option("auto", "--device", help="auto | cpu | cuda")
+WEIGHTS = typer.Option(None, "--weights", help="Backbone weights file (.pth); default: the preset's own.")
+
+
+def friendly(fn):
+    """User errors become one line and a non-zero exit; Ctrl-C keeps what was committed."""
+
+    @wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except VidsearchError as exc:
+            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            raise typer.Exit(exc.exit_code)
+        except KeyboardInterrupt:
+            err.print("interrupted: videos already committed are kept; run the same command again to resume")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def _fps_progress(console: Console):
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), TextColumn("eta"),
+                        TimeRemainingColumn(), console=console, transient=False)
+    return progress
+
+
+@app.command()
+@friendly
+def index(
+    videos: List[Path] = typer.Argument(..., help="Video files to add."),
+    library: Optional[Path] = LIBRARY,
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset name or .toml (default: the library's, else 'default')."),
+    fps: Optional[float] = typer.Option(None, "--fps", help="Frames sampled per second of video (default 1)."),
+    every_n: Optional[int] = typer.Option(None, "--every-n", help="Sample every n-th frame instead."),
+    device: str = DEVICE,
+    batch: int = typer.Option(8, "--batch", min=1, help="Frames per forward pass."),
+    decoder: str = typer.Option("decord", "--decoder", help="decord | pyav"),
+    weights: Optional[str] = WEIGHTS,
+    wait: float = typer.Option(0.0, "--wait", min=0, help="Seconds to wait for another writer."),
+) -> None:
+    """Sample frames, extract DASR* regions, add them to the library (idempotent, resumable)."""
+    import time
+
+    with _fps_progress(err) as progress:
+        def start(path: Path, total: int):
+            task = progress.add_task(path.name[:40], total=max(1, total), rate="")
+            t0 = time.perf_counter()
+
+            def tick(n: int) -> None:
+                progress.advance(task, n)
+                done = progress.tasks[task].completed
+                progress.update(task, rate=f"{done / max(1e-6, time.perf_counter() - t0):.2f} frames/s")
+            return tick
+
+        reports = api.index_videos([str(v) for v in videos], str(library) if library else None, preset, fps,
+                                   every_n, device, batch, decoder, weights, wait, progress=start)
+    table = Table(title="index", show_lines=False)
+    for col in ("video", "status", "frames", "regions", "seconds", "note"):
+        table.add_column(col)
+    for r in reports:
+        colour = {"failed": "red", "unchanged": "dim", "duplicate": "dim"}.get(r.status, "green")
+        table.add_row(Path(r.path).name, f"[{colour}]{r.status}[/]", str(r.frames), str(r.regions),
+                      f"{r.seconds:.1f}" if r.seconds else "", r.note)
+    err.print(table)
+    if any(r.status == "failed" for r in reports):
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def find(
+    query: List[Path] = typer.Option([], "--query", "-q", help="Query image: a crop, or a frame with --box."),
+    box: List[str] = typer.Option([], "--box", help="X,Y,W,H in pixels of the query image (one per --query, or one for all)."),
+    query_video: Optional[Path] = typer.Option(None, "--query-video", help="Take the query from a frame of this video."),
+    at: Optional[str] = typer.Option(None, "--at", help="Time of that frame: seconds or HH:MM:SS:FF."),
+    library: Optional[Path] = LIBRARY,
+    top: int = typer.Option(20, "--top", "-n", help="Segments to return."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="Cosine score a frame needs (default: automatic)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON and nothing else."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write overlay PNGs and a contact sheet here."),
+    export_format: Optional[str] = typer.Option(None, "--export", help="Also export: edl|resolve-markers|otio|fcpxml|csv|json|srt"),
+    export_out: Optional[Path] = typer.Option(None, "-o", "--output", help="File for --export."),
+    previews: bool = typer.Option(True, "--previews/--no-previews", help="Terminal thumbnails of the best frames."),
+    device: str = DEVICE,
+    weights: Optional[str] = WEIGHTS,
+) -> None:
+    """Find where the query object appears: segments with timecodes, boxes and previews."""
+    if export_format and not export_out:
+        raise VidsearchError("--export needs -o FILE")
+    result = api.find([str(q) for q in query], box, str(library) if library else None, top, min_score,
+                      str(query_video) if query_video else None, at, device, weights)
+    data = result.to_dict()
+    for w in result.warnings:
+        err.print(f"[yellow]warning:[/] {w}", highlight=False)
+    frames = {}
+    if out_dir or (previews and not as_json and out.is_terminal) or (previews and not as_json and out.color_system):
+        frames = api.best_frames(result.result.segments)
+    if out_dir:
+        written = api.write_overlays(result.result.segments, frames, out_dir)
+        err.print(f"wrote {len(written)} PNGs to {out_dir}")
+    if export_format:
+        from .export import export_result
+
+        export_result(data, export_format, export_out)
+        err.print(f"exported {len(data['segments'])} segments as {export_format} to {export_out}")
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2) + "\n")
+        return
+    _print_segments(data, frames, previews)
+
+
+def _print_segments(data: dict, frames: dict, previews: bool) -> None:
+    from .preview import half_blocks
+    from .render import crop_box
+
+    segs = data["segments"]
+    if not segs:
+        out.print(f"no match above score {data['query']['threshold']:.3f} in {data['query']['regions_scored']} regions; "
+                  "try --min-score lower, another crop, or several --query views")
+        return
+    table = Table(title=f"{len(segs)} segments · threshold {data['query']['threshold']:.3f}")
+    for col in ("#", "video", "start – end", "score", "best box (x1,y1,x2,y2)", "frames"):
+        table.add_column(col, no_wrap=col != "video")
+    show = previews and bool(frames)
+    if show:
+        table.add_column("best frame")
+    for i, s in enumerate(segs, 1):
+        row = [str(i), Path(s["video"]).name, f"{s['start_tc']} – {s['end_tc']}", f"{s['score']:.3f}",
+               ",".join(f"{v:.0f}" for v in s["best"]["box"]), str(len(s["hits"]))]
+        if show:
+            img = frames.get(i - 1)
+            row.append(half_blocks(crop_box(img, s["best"]["box"]), 20) if img is not None else "")
+        table.add_row(*row)
+    out.print(table)
+
+
+@app.command()
+@friendly
+def status(library: Optional[Path] = LIBRARY, as_json: bool = typer.Option(False, "--json")) -> None:
+    """Videos, frames, regions, preset, whitening and index state of a library."""
+    s = api.status(str(library) if library else None)
+    if as_json:
+        sys.stdout.write(json.dumps(s, indent=2) + "\n")
+        return
+    out.print(f"library  {s['library']}")
+    out.print(f"preset   {s['preset']} ({s['backbone']}, fingerprint {s['fingerprint']})")
+    w = s["whitening"]
+    out.print("whitening " + (f"v{w['version']}, learned on {w['fitted_on']} regions, {w['dims']} dims" if w
+                              else "not learned yet (needs more regions; vectors are L2-normalised only)"))
+    out.print(f"index    {'current' if s['index']['current'] else 'stale (rebuilt from shards on next use)'}, "
+              f"{s['index']['bytes'] / 1e6:.1f} MB")
+    table = Table()
+    for col in ("id", "video", "fps", "duration", "frames", "regions", "time", "note"):
+        table.add_column(col)
+    for v in s["videos"]:
+        table.add_row(str(v["id"]), v["path"], v["fps"], f"{v['duration']:.1f}s", str(v["frames"]), str(v["regions"]),
+                      v["timestamps"], v["note"] or "")
+    out.print(table)
+    out.print(f"{len(s['videos'])} videos · {s['frames']} frames · {s['regions']} regions")
+    for u in s["unreadable"]:
+        err.print(f"[yellow]warning:[/] {u['path']}: shard unreadable ({u['why']}); it is skipped — re-index it")
+
+
+@app.command()
+@friendly
+def remove(videos: List[Path] = typer.Argument(...), library: Optional[Path] = LIBRARY,
+           wait: float = typer.Option(0.0, "--wait", min=0)) -> None:
+    """Drop videos' regions from the library."""
+    for path in api.remove([str(v) for v in videos], str(library) if library else None, wait):
+        out.print(f"removed {path}")
+
+
+@app.command()
+@friendly
+def doctor() -> None:
+    """Versions, device, decoders and weights; exits non-zero if the default preset cannot run."""
+    rows, ok = api.doctor()
+    table = Table(title="vidsearch doctor")
+    for col in ("check", "detail", "ok"):
+        table.add_column(col)
+    for name, detail, good in rows:
+        table.add_row(name, detail, "[green]yes[/]" if good else "[red]no[/]")
+    out.print(table)
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command()
+@friendly
+def demo(
+    workdir: Path = typer.Option(Path("demo-out"), "--dir", help="Where the sample video, library and overlays go."),
+    preset: str = typer.Option("default", "--preset", "-p"),
+    device: str = DEVICE,
+) -> None:
+    """Make a sample video from real photos, index it, and find the coffee cup in it."""
+    from PIL import Image
+
+    from .sample import make_sample, object_crop
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    video = workdir / "sample.mp4"
+    crop = workdir / "cup.png"
+    err.print(f"1/3 writing {video}: 10 s of real photos, the coffee cup from 3.0 s to 7.0 s")
+    make_sample(video, seconds=10.0, appear=(3.0, 7.0))
+    Image.fromarray(object_crop("coffee")).save(crop)
+    err.print(f"2/3 vidsearch index {video} --library {workdir / 'library'}")
+    index([video], workdir / "library", preset, None, None, device, 4, "decord", None, 0.0)
+    err.print(f"3/3 vidsearch find --query {crop} --library {workdir / 'library'} --out {workdir / 'hits'}")
+    find([crop], [], None, None, workdir / "library", 5, None, False, workdir / "hits", None, None, True, device, None)
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,163 @@
+"""Query vector -> region hits -> best region per frame -> segments per video."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import numpy as np
+
+from .library import Library, VideoRow
+from .timecode import parse_rate, seconds_to_tc
+
+
+@dataclass
+class Hit:
+    time: float
+    frame: int
+    box: list[float]
+    score: float
+
+    def to_dict(self) -> dict:
+        return {"time": round(self.time, 6), "frame": self.frame, "box": [round(v, 1) for v in self.box],
+                "score": round(self.score, 4)}
+
+
+@dataclass
+class Segment:
+    video: VideoRow
+    start: float
+    end: float
+    hits: list[Hit] = field(default_factory=list)
+
+    @property
+    def best(self) -> Hit:
+        return max(self.hits, key=lambda h: h.score)
+
+    @property
+    def score(self) -> float:
+        return self.best.score
+
+    def to_dict(self) -> dict:
+        rate = parse_rate(self.video.fps)
+        return {
+            "video": self.video.path,
+            "start": round(self.start, 6),
+            "end": round(self.end, 6),
+            "start_tc": seconds_to_tc(self.start, rate, start_tc=self.video.start_tc),
+            "end_tc": seconds_to_tc(self.end, rate, start_tc=self.video.start_tc),
+            "fps": self.video.fps,
+            "score": round(self.score, 4),
+            "best": self.best.to_dict(),
+            "hits": [h.to_dict() for h in self.hits],
+        }
+
+
+def fuse(vectors: list[np.ndarray]) -> np.ndarray:
+    """Several views of one object -> one query: the normalised mean of their vectors."""
+    q = np.mean(np.stack(vectors), axis=0)
+    return (q / max(np.linalg.norm(q), 1e-12)).astype(np.float32)
+
+
+def background_stats(index, q: np.ndarray, sample: int = 20000, seed: int = 0) -> tuple[float, float]:
+    """Median and robust sigma (1.4826 MAD) of the query's scores against a random sample of
+    regions: true matches are too few to move either much."""
+    import faiss
+
+    n = index.ntotal
+    base = faiss.downcast_index(index.index)
+    rng = np.random.default_rng(seed)
+    pos = np.sort(rng.choice(n, min(n, sample), replace=False)).astype(np.int64)
+    vecs = base.reconstruct_batch(pos) if hasattr(base, "reconstruct_batch") else \
+        np.stack([base.reconstruct(int(i)) for i in pos])
+    s = vecs @ q
+    med = float(np.median(s))
+    return med, max(float(np.median(np.abs(s - med))) * 1.4826, 1e-3)
+
+
+def auto_threshold(index, q: np.ndarray) -> float:
+    """A frame counts when its best region beats the background by 3 robust sigmas and is within
+    60 % of the best match in the library; 6 sigmas always count. Measured on generated videos:
+    true frames score 0.45-0.67, background regions <= 0.13 (Lite0, 512 px, no whitening)."""
+    med, sigma = background_stats(index, q)
+    best = float(index.search(q[None], 1)[0][0, 0])
+    return max(med + 3 * sigma, min(med + 6 * sigma, 0.6 * best))
+
+
+def retrieve(index, q: np.ndarray, min_score: float, max_regions: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
+    """All regions scoring >= min_score (up to max_regions), best first: grow k until the
+    k-th score falls below the threshold, so nothing above it is missed."""
+    k = min(index.ntotal, 1024)
+    while True:
+        scores, ids = index.search(q[None], k)
+        scores, ids = scores[0], ids[0]
+        valid = ids >= 0
+        scores, ids = scores[valid], ids[valid]
+        if k >= index.ntotal or k >= max_regions or (len(scores) and scores[-1] < min_score):
+            keep = scores >= min_score
+            return scores[keep], ids[keep]
+        k = min(index.ntotal, k * 4, max_regions)
+
+
+def frame_hits(lib: Library, scores: np.ndarray, ids: np.ndarray) -> dict[int, dict[int, Hit]]:
+    """Best region per (video, frame), with its box, from the region hits."""
+    out: dict[int, dict[int, Hit]] = {}
+    vids = (ids >> 32).astype(np.int64)
+    rows = (ids & 0xFFFFFFFF).astype(np.int64)
+    for vid in np.unique(vids):
+        sel = vids == vid
+        shard = lib.load_shard(int(vid), ("frame", "time", "box"))
+        per = out.setdefault(int(vid), {})
+        for score, row in zip(scores[sel], rows[sel]):  # best first, so the first per frame wins
+            frame = int(shard["frame"][row])
+            if frame not in per:
+                per[frame] = Hit(float(shard["time"][row]), frame, shard["box"][row].tolist(), float(score))
+    return out
+
+
+def group_segments(video: VideoRow, hits: dict[int, Hit], sample_frame: np.ndarray,
+                   sample_time: np.ndarray, bridge: int = 1) -> list[Segment]:
+    """Consecutive sampled frames with hits form a segment; up to `bridge` missed samples in
+    between are bridged. A segment ends where the sample after its last hit begins."""
+    if not hits:
+        return []
+    position = {int(f): i for i, f in enumerate(sample_frame)}
+    ordered = sorted(hits.values(), key=lambda h: position.get(h.frame, 0))
+    segments: list[Segment] = []
+    last_pos = None
+    for h in ordered:
+        p = position.get(h.frame, 0)
+        if last_pos is None or p - last_pos > bridge + 1:
+            segments.append(Segment(video, h.time, h.time))
+        segments[-1].hits.append(h)
+        last_pos = p
+    for seg in segments:
+        p = position.get(seg.hits[-1].frame, 0)
+        seg.end = float(sample_time[p + 1]) if p + 1 < len(sample_time) else max(video.duration, seg.hits[-1].time)
+    return segments
+
+
+@dataclass
+class SearchResult:
+    segments: list[Segment]
+    threshold: float
+    regions_scored: int
+    region_hits: int
+
+
+def search(lib: Library, index, q: np.ndarray, top: int = 20, min_score: float | None = None,
+           bridge: int = 1) -> SearchResult:
+    if index is None or index.ntotal == 0:
+        return SearchResult([], 0.0, 0, 0)
+    threshold = auto_threshold(index, q) if min_score is None else min_score
+    scores, ids = retrieve(index, q, threshold)
+    per_video = frame_hits(lib, scores, ids)
+    segments: list[Segment] = []
+    for vid, hits in per_video.items():
+        video = lib.video(vid)
+        if video is None:
+            continue
+        shard = lib.load_shard(vid, ("sample_frame", "sample_time"))
+        segments.extend(group_segments(video, hits, shard["sample_frame"], shard["sample_time"], bridge))
+    segments.sort(key=lambda s: -s.score)
+    return SearchResult(segments[:top] if top else segments, threshold, index.ntotal, len(ids))
