@@ -202,6 +202,9 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
     `progress(path, total_frames)` returns a callback taking a number of new frames."""
     if fps is not None and every_n is not None:
         raise InputError("give --fps or --every-n, not both")
+    if batch < 1:
+        raise InputError(f"--batch must be at least 1, got {batch}")
+    Sampler(fps=fps if fps is not None else 1.0, every_n=every_n)  # validates --fps / --every-n now
     resolved = []
     for p in paths:
         path = Path(p).expanduser()

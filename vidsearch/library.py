@@ -33,6 +33,7 @@ import numpy as np
 from .config import Preset, preset_from_dict
 from .dasr.describe import Whitening
 from .errors import LibraryError, LockedError
+from .timecode import format_rate
 
 SCHEMA_VERSION = 1
 CATALOG = "catalog.sqlite"
@@ -293,7 +294,7 @@ class Library:
             "INSERT INTO videos(path, content_key, size, mtime, width, height, fps, duration, frame_count, "
             "codec, rotation, has_pts, start_tc, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'pending')",
             (str(path), key, st.st_size, st.st_mtime, info.width, info.height,
-             f"{info.fps.numerator}/{info.fps.denominator}", info.duration, info.frame_count,
+             format_rate(info.fps), info.duration, info.frame_count,
              info.codec, info.rotation, int(info.has_pts), info.start_tc))
         return int(cur.lastrowid)
 

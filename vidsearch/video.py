@@ -225,9 +225,8 @@ class DecordSource:
         import decord
 
         info = self.info
-        rot = info.rotation
-        coded_w, coded_h = (info.height, info.width) if rot in (90, 270) else (info.width, info.height)
-        w, h = scaled_size(coded_w, coded_h, self.long_side)
+        # decord2 applies the display matrix itself: ask for the upright (display) size.
+        w, h = scaled_size(info.width, info.height, self.long_side)
         try:
             vr = decord.VideoReader(str(info.path), ctx=decord.cpu(0), width=w, height=h, num_threads=0)
         except Exception as exc:
@@ -250,7 +249,7 @@ class DecordSource:
                 self.stopped_at = f"decoding stopped near frame {idx[0]} ({type(exc).__name__})"
                 return
             for i, img in zip(idx, batch):
-                yield Frame(i, stamps[i], _upright(img, rot))
+                yield Frame(i, stamps[i], img)
 
 
 def open_source(path: str | Path, decoder: str = "decord", long_side: int | None = None,

@@ -1,0 +1,211 @@
+"""End to end through the real CLI, on videos the tests generate from real photos."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vidsearch import api
+from vidsearch.cli import app
+from vidsearch.sample import make_sample, object_crop
+
+PRESET = str(Path(__file__).parent / "presets" / "e2e.toml")
+runner = CliRunner()
+
+
+def run(*args, ok=True):
+    result = runner.invoke(app, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def iou(a, b):
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    video = root / "clip with spaces é.mp4"
+    truth = make_sample(video, seconds=10.0, appear=(3.0, 7.0), obj="coffee")
+    other = root / "other.mp4"
+    make_sample(other, seconds=3.0, appear=(9.0, 9.0), obj="coffee")  # never shows the cup
+    crop = root / "cup.png"
+    Image.fromarray(object_crop("coffee")).save(crop)
+    lib = root / "lib"
+    result = run("index", video, other, "--library", lib, "--preset", PRESET, "--device", "cpu")
+    assert "indexed" in result.output
+    return {"root": root, "video": video, "other": other, "truth": truth, "crop": crop, "lib": lib}
+
+
+def find_json(world, *extra, lib=None):
+    result = run("find", "--query", world["crop"], "--library", lib or world["lib"], "--json", "--device", "cpu", *extra)
+    return json.loads(result.stdout)
+
+
+def test_find_returns_the_time_range_first_with_good_boxes(world):
+    data = find_json(world)
+    seg = data["segments"][0]
+    assert Path(seg["video"]) == world["video"].resolve()
+    assert seg["start"] == pytest.approx(3.0, abs=1.01) and seg["end"] == pytest.approx(7.0, abs=1.01)
+    truth = world["truth"]
+    hits = seg["hits"]
+    assert len(hits) >= 3
+    ious = [iou(h["box"], truth.box_at(h["frame"])) for h in hits if truth.box_at(h["frame"])]
+    assert len(ious) == len(hits)  # every hit frame really shows the cup
+    assert sum(v >= 0.5 for v in ious) > len(ious) / 2
+    # nothing from the video that never shows it scores above the threshold
+    assert all(Path(s["video"]).name != "other.mp4" for s in data["segments"])
+
+
+def test_json_schema(world):
+    data = find_json(world)
+    assert set(data) >= {"query", "library", "preset", "segments"}
+    scores = [s["score"] for s in data["segments"]]
+    assert scores == sorted(scores, reverse=True)
+    for s in data["segments"]:
+        assert set(s) >= {"video", "start", "end", "start_tc", "end_tc", "fps", "score", "best", "hits"}
+        assert s["fps"] == "24" and s["start"] <= s["best"]["time"] < s["end"]
+        assert s["start_tc"].count(":") == 3
+        for h in s["hits"] + [s["best"]]:
+            assert set(h) == {"time", "frame", "box", "score"}
+            x1, y1, x2, y2 = h["box"]
+            assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 360  # the video's own pixels
+            assert h["frame"] == round(h["time"] * 24)
+
+
+def test_find_table_overlays_and_contact_sheet(world, tmp_path):
+    result = run("find", "-q", world["crop"], "-l", world["lib"], "--out", tmp_path / "hits", "--device", "cpu")
+    assert "00:00:03:00" in result.output or "00:00:04:00" in result.output
+    pngs = sorted(p.name for p in (tmp_path / "hits").glob("*.png"))
+    assert "contact-sheet.png" in pngs and any(p.startswith("segment-001") for p in pngs)
+    img = np.asarray(Image.open(tmp_path / "hits" / [p for p in pngs if p.startswith("segment-001")][0]))
+    assert img.shape == (360, 640, 3)
+    assert (np.abs(img.astype(int) - [255, 200, 0]).sum(-1) < 30).sum() > 200  # the box was drawn
+
+
+def test_query_from_a_frame_of_the_video_with_a_box(world):
+    t = world["truth"]
+    x1, y1, x2, y2 = t.box_at(5 * 24)
+    data = find_json(world, "--query-video", world["video"], "--at", "00:00:05:00", "--box", f"{x1},{y1},{x2-x1},{y2-y1}")
+    seg = data["segments"][0]
+    assert 2.0 <= seg["start"] <= 5.0 <= seg["end"] <= 8.0
+
+
+def test_several_views_are_fused(world, tmp_path):
+    small = tmp_path / "small.png"
+    Image.fromarray(object_crop("coffee")).resize((200, 185)).save(small)
+    result = run("find", "-q", world["crop"], "-q", small, "-l", world["lib"], "--json", "--device", "cpu")
+    data = json.loads(result.stdout)
+    assert len(data["query"]["images"]) == 2
+    assert 2.0 <= data["segments"][0]["start"] <= 4.0
+
+
+def test_reindex_is_a_no_op_and_status_reports(world):
+    before = api.status(str(world["lib"]))
+    result = run("index", world["video"], "--library", world["lib"], "--device", "cpu")
+    assert "unchanged" in result.output
+    after = api.status(str(world["lib"]))
+    assert after["regions"] == before["regions"] and len(after["videos"]) == 2
+    result = run("status", "--library", world["lib"])
+    assert "2 videos" in result.output and "e2e" in result.output
+
+
+def test_same_video_under_another_path_is_not_indexed_twice(world, tmp_path):
+    lib = tmp_path / "lib"
+    shutil.copytree(world["lib"], lib)
+    copy = tmp_path / "copy.mp4"
+    shutil.copy(world["video"], copy)
+    result = run("index", copy, "--library", lib, "--device", "cpu")
+    assert "duplicate" in result.output
+
+
+def test_remove_drops_a_video(world, tmp_path):
+    lib = tmp_path / "lib"
+    shutil.copytree(world["lib"], lib)
+    run("remove", world["video"], "--library", lib)
+    st = api.status(str(lib))
+    assert [Path(v["path"]).name for v in st["videos"]] == ["other.mp4"]
+    assert st["index"]["current"]
+    data = find_json(world, lib=lib)
+    assert all(Path(s["video"]).name == "other.mp4" for s in data["segments"])
+    assert not run("remove", world["video"], "--library", lib, ok=False).exit_code == 0
+
+
+def test_interrupted_index_loses_nothing_and_resumes(world, tmp_path):
+    lib = tmp_path / "lib"
+    first = tmp_path / "first.mp4"
+    second = tmp_path / "second.mp4"
+    make_sample(first, seconds=2.0, appear=(0.0, 1.0))
+    make_sample(second, seconds=4.0, appear=(1.0, 3.0))
+    api.index_videos([str(first)], str(lib), PRESET, device="cpu")
+    with pytest.raises(KeyboardInterrupt):  # dies after two frames of the second video
+        api.index_videos([str(first), str(second)], str(lib), None, device="cpu", stop_after=2)
+    st = api.status(str(lib))
+    assert [Path(v["path"]).name for v in st["videos"]] == ["first.mp4"]
+    result = run("index", first, second, "--library", lib, "--device", "cpu")
+    assert "unchanged" in result.output and "indexed" in result.output
+    st = api.status(str(lib))
+    assert sorted(Path(v["path"]).name for v in st["videos"]) == ["first.mp4", "second.mp4"]
+    assert st["index"]["current"] and st["videos"][1]["frames"] == 4
+    assert sorted(p.name for p in (lib / "shards").iterdir()) == [f"v{v['id']}.npz" for v in st["videos"]]
+
+
+def test_changed_video_is_reindexed(tmp_path):
+    lib, video = tmp_path / "lib", tmp_path / "v.mp4"
+    make_sample(video, seconds=2.0, appear=(0.0, 1.0))
+    api.index_videos([str(video)], str(lib), PRESET, device="cpu")
+    make_sample(video, seconds=3.0, appear=(0.0, 1.0))
+    reports = api.index_videos([str(video)], str(lib), None, device="cpu")
+    assert reports[0].status == "replaced"
+    st = api.status(str(lib))
+    assert len(st["videos"]) == 1 and st["videos"][0]["frames"] == 3
+
+
+def test_errors_are_one_line_and_leave_the_library_alone(world, tmp_path):
+    lib = tmp_path / "lib"
+    shutil.copytree(world["lib"], lib)
+    before = sorted((p.name, p.stat().st_size) for p in lib.rglob("*") if p.is_file() and "wal" not in p.name and "shm" not in p.name)
+    cases = [
+        (["find", "-q", tmp_path / "nope.png", "-l", lib], "does not exist"),
+        (["find", "-q", world["crop"], "-l", lib, "--box", "1,2,3"], "X,Y,W,H"),
+        (["find", "-q", world["crop"], "-l", lib, "--box", "5000,5000,10,10"], "outside"),
+        (["find", "-q", world["crop"], "-l", lib, "--box", "0,0,0,10"], "zero"),
+        (["find", "--query-video", world["video"], "--at", "99:00:00:00", "--box", "0,0,50,50", "-l", lib], "outside"),
+        (["find", "--query-video", world["video"], "--at", "soon", "--box", "0,0,50,50", "-l", lib], "not seconds"),
+        (["index", world["video"], "-l", lib, "--preset", "paper"], "does not match"),
+        (["index", world["video"], "-l", lib, "--preset", "nosuch"], "unknown preset"),
+        (["index", world["video"], "-l", lib, "--fps", "0"], "--fps"),
+        (["index", tmp_path, "-l", lib], "directory"),
+        (["status", "-l", world["root"]], "not a vidsearch library"),
+    ]
+    for args, msg in cases:
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code != 0, args
+        assert msg in result.output, (args, result.output)
+        assert "Traceback" not in result.output
+    after = sorted((p.name, p.stat().st_size) for p in lib.rglob("*") if p.is_file() and "wal" not in p.name and "shm" not in p.name)
+    assert before == after
+
+
+def test_second_writer_is_told_who_holds_the_lock(world, tmp_path):
+    from vidsearch.library import Library
+
+    lib = tmp_path / "lib"
+    shutil.copytree(world["lib"], lib)
+    holder = Library.open(lib)
+    holder.acquire()
+    try:
+        result = runner.invoke(app, ["index", str(world["video"]), "-l", str(lib)])
+        assert result.exit_code == 3 and "being written by pid" in result.output
+    finally:
+        holder.close()
+    assert "unchanged" in run("index", world["video"], "-l", lib).output

@@ -1,0 +1,121 @@
+"""Decoding: both backends give the same frames at the same times, on generated videos."""
+
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+from vidsearch.errors import InputError
+from vidsearch.sample import render_frames, write_video
+from vidsearch.video import Sampler, open_source, probe, read_ahead, read_frame_at
+
+
+@pytest.fixture(scope="module")
+def frames():
+    imgs, _ = render_frames(size=(192, 108), fps=Fraction(24), seconds=4.0, appear=(1.0, 3.0))
+    return imgs
+
+
+def decode_both(path, sampler_args=None, long_side=None):
+    out = {}
+    for dec in ("decord", "pyav"):
+        src = open_source(path, dec, long_side)
+        got = list(src.frames(Sampler(**(sampler_args or {"fps": 2.0}))))
+        out[dec] = got
+    return out
+
+
+def assert_agree(out, max_mean_diff=2.0):
+    a, b = out["decord"], out["pyav"]
+    assert [f.index for f in a] == [f.index for f in b]
+    assert np.allclose([f.time for f in a], [f.time for f in b], atol=1e-3)
+    for fa, fb in zip(a, b):
+        assert fa.image.shape == fb.image.shape
+        assert np.abs(fa.image.astype(int) - fb.image.astype(int)).mean() < max_mean_diff
+
+
+def test_constant_rate_mp4(tmp_path, frames):
+    path = write_video(tmp_path / "cfr.mp4", frames, Fraction(24))
+    info = probe(path)
+    assert info.fps == Fraction(24) and info.has_pts and (info.width, info.height) == (192, 108)
+    out = decode_both(path)
+    assert [f.index for f in out["pyav"]] == [0, 12, 24, 36, 48, 60, 72, 84]
+    assert [f.time for f in out["pyav"]] == pytest.approx([i / 2 for i in range(8)])
+    assert_agree(out)
+
+
+def test_ntsc_rate_is_an_exact_fraction(tmp_path, frames):
+    path = write_video(tmp_path / "ntsc.mp4", frames[:30], Fraction(24000, 1001))
+    assert probe(path).fps == Fraction(24000, 1001)
+
+
+def test_variable_frame_rate(tmp_path, frames):
+    # frame durations alternate 30 ms and 55 ms
+    pts = np.cumsum([0] + [30 if i % 2 else 55 for i in range(len(frames) - 1)]).tolist()
+    path = write_video(tmp_path / "vfr.mkv", frames, Fraction(24), pts=pts, time_base=Fraction(1, 1000))
+    out = decode_both(path, {"fps": 4.0})
+    times = [f.time for f in out["pyav"]]
+    assert times == pytest.approx([pts[f.index] / 1000 for f in out["pyav"]], abs=1e-6)
+    # one frame per quarter second of media time: each within a frame of its own target
+    targets = [round(t / 0.25) for t in times]
+    assert targets == list(range(len(times)))
+    assert all(abs(t - k * 0.25) < 0.056 for t, k in zip(times, targets))
+    assert_agree(out)
+
+
+def test_avi_without_usable_timestamps_falls_back_to_frame_over_fps(tmp_path, frames):
+    # H.264 with B-frames in AVI: the container only has decode-order stamps
+    path = write_video(tmp_path / "nopts.avi", frames, Fraction(24))
+    info = probe(path)
+    assert not info.has_pts
+    out = decode_both(path, {"every_n": 10})
+    assert [f.time for f in out["pyav"]] == pytest.approx([i * 10 / 24 for i in range(len(out["pyav"]))])
+    assert_agree(out, max_mean_diff=0.01)  # decord is routed to PyAV: exactly the same frames
+
+
+def test_every_n_and_decoder_scaling(tmp_path, frames):
+    path = write_video(tmp_path / "cfr.mp4", frames, Fraction(24))
+    out = decode_both(path, {"every_n": 25}, long_side=96)
+    assert [f.index for f in out["decord"]] == [0, 25, 50, 75]
+    assert out["decord"][0].image.shape == (54, 96, 3)
+    assert_agree(out, max_mean_diff=4.0)
+
+
+def test_rotated_phone_video_is_upright(tmp_path, frames):
+    path = write_video(tmp_path / "rot.mp4", frames[:24], Fraction(24), rotation=90)
+    info = probe(path)
+    assert info.rotation in (90, 270) and (info.width, info.height) == (108, 192)
+    out = decode_both(path, {"every_n": 12})
+    assert out["pyav"][0].image.shape == (192, 108, 3)
+    assert_agree(out)
+    upright = np.rot90(frames[0], k=-1 if info.rotation == 90 else 1)
+    assert np.abs(out["pyav"][0].image.astype(int) - upright.astype(int)).mean() < 6
+
+
+def test_read_ahead_batches_and_propagates_errors():
+    from vidsearch.video import Frame
+
+    def gen(n, fail_at=None):
+        for i in range(n):
+            if i == fail_at:
+                raise RuntimeError("boom")
+            yield Frame(i, i / 10, np.zeros((2, 2, 3), np.uint8))
+
+    sizes = [len(b) for b in read_ahead(gen(10), batch=4, depth=1)]
+    assert sizes == [4, 4, 2]
+    with pytest.raises(RuntimeError, match="boom"):
+        list(read_ahead(gen(10, fail_at=6), batch=4))
+
+
+def test_frame_at_time_and_bad_files(tmp_path, frames):
+    path = write_video(tmp_path / "cfr.mp4", frames, Fraction(24))
+    f = read_frame_at(path, 2.0)
+    assert f.index == 48 and f.image.shape == (108, 192, 3)
+    with pytest.raises(InputError, match="outside"):
+        read_frame_at(path, 60.0)
+    (tmp_path / "empty.mp4").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not a video")
+    for bad, msg in [(tmp_path / "missing.mp4", "no such file"), (tmp_path / "empty.mp4", "empty"),
+                     (tmp_path / "notes.txt", "not a video"), (tmp_path, "directory")]:
+        with pytest.raises(InputError, match=msg):
+            probe(bad)
