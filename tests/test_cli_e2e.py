@@ -209,3 +209,28 @@ def test_second_writer_is_told_who_holds_the_lock(world, tmp_path):
     finally:
         holder.close()
     assert "unchanged" in run("index", world["video"], "-l", lib).output
+
+
+def test_ntsc_video_with_start_timecode_exports_a_relinkable_edl(world, tmp_path):
+    import io as _io
+    from fractions import Fraction
+
+    import pycmx
+
+    from vidsearch.sample import render_frames, write_video
+
+    frames, truth = render_frames(fps=Fraction(30000, 1001), seconds=4.0, appear=(1.0, 3.0))
+    video = write_video(tmp_path / "A001_C007.mov", frames, Fraction(30000, 1001), timecode="01:00:00;00")
+    lib = tmp_path / "lib"
+    run("index", video, "-l", lib, "--preset", PRESET, "--device", "cpu")
+    edl_path = tmp_path / "selects.edl"
+    result = run("find", "-q", world["crop"], "-l", lib, "--json", "--export", "edl", "-o", edl_path, "--device", "cpu")
+    seg = json.loads(result.stdout)["segments"][0]
+    assert seg["fps"] == "30000/1001" and seg["media_start_tc"] == "01:00:00;00"
+    assert seg["start_tc"].startswith("01:00:0") and ";" in seg["start_tc"]
+    text = edl_path.read_text()
+    assert "FCM: DROP FRAME" in text
+    (edit,) = [e.edits[0] for e in pycmx.parse_cmx3600(_io.StringIO(text)).events if e.edits][:1]
+    assert edit.source_in == seg["start_tc"] and edit.source_out == seg["end_tc"]
+    assert edit.record_in == "01:00:00;00" and edit.clip_name == "A001_C007.mov"
+    assert 0.9 <= seg["start"] <= 2.1

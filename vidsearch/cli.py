@@ -127,7 +127,7 @@ def find(
     if export_format:
         from .export import export_result
 
-        export_result(data, export_format, export_out)
+        export_result(data, export_format, export_out)  # defaults: no handles, record start 01:00:00:00
         err.print(f"exported {len(data['segments'])} segments as {export_format} to {export_out}")
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
@@ -158,6 +158,24 @@ def _print_segments(data: dict, frames: dict, previews: bool) -> None:
             row.append(half_blocks(crop_box(img, s["best"]["box"]), 20) if img is not None else "")
         table.add_row(*row)
     out.print(table)
+
+
+@app.command()
+@friendly
+def export(
+    result: Path = typer.Argument(..., help="A result from vidsearch find --json."),
+    fmt: str = typer.Option(..., "--format", "-f", help="edl | resolve-markers | otio | fcpxml | csv | json | srt"),
+    output: Path = typer.Option(..., "-o", "--output", help="File to write."),
+    handles: float = typer.Option(0.0, "--handles", help="Seconds added before and after each segment (EDL/OTIO/FCPXML)."),
+    min_score: Optional[float] = typer.Option(None, "--min-score", help="Leave out segments scoring less."),
+    record_start: str = typer.Option("01:00:00:00", "--record-start", help="Record timecode of the first event."),
+    drop_frame: str = typer.Option("auto", "--drop-frame", help="auto (DF at 29.97/59.94) | yes | no"),
+) -> None:
+    """Turn a find result into files Premiere, Resolve, Avid and Final Cut import."""
+    from .export import export_result
+
+    for path in export_result(result, fmt, output, handles, min_score, record_start, drop_frame):
+        out.print(f"wrote {path}")
 
 
 @app.command()

@@ -64,13 +64,29 @@ def frames_to_tc(frame: int, rate: Fraction, drop: bool = False) -> str:
     return opentime.to_timecode(opentime.RationalTime(frame, float(rate)), float(rate), drop)
 
 
-def tc_to_frames(tc: str, rate: Fraction) -> int:
-    if not re.fullmatch(r"\d{1,2}:\d{2}:\d{2}[:;.]\d{2,3}", tc.strip()):
+def tc_to_frames(tc: str, rate: Fraction, drop: bool | None = None) -> int:
+    """A timecode label -> frame count. drop=None reads the label's own convention (';' or '.'
+    before the frames = drop-frame); True/False read it as DF/NDF whatever its separator."""
+    text = tc.strip()
+    if not re.fullmatch(r"\d{1,2}:\d{2}:\d{2}[:;.]\d{2,3}", text):
         raise InputError(f"{tc!r} is not a timecode like 01:00:00:00 (or 01:00:00;00 for drop-frame)")
-    try:
-        return int(round(opentime.from_timecode(tc.strip(), float(rate)).value))
-    except ValueError as exc:
-        raise InputError(f"{tc!r} is not a valid timecode at {format_rate(rate)} fps ({exc})") from None
+    if drop is None:
+        drop = text[-3] in ";." and rate in _DF_RATES
+    if drop and rate not in _DF_RATES:
+        raise InputError(f"drop-frame timecode {tc!r} does not exist at {format_rate(rate)} fps")
+    h, m, s, f = (int(v) for v in re.split(r"[:;.]", text))
+    if m > 59 or s > 59:
+        raise InputError(f"{tc!r} is not a valid timecode (minutes and seconds run to 59)")
+    if drop:
+        label = f"{h:02d}:{m:02d}:{s:02d};{f:02d}"
+        try:
+            return int(round(opentime.from_timecode(label, float(rate)).value))
+        except ValueError as exc:
+            raise InputError(f"{tc!r} is not a valid drop-frame timecode ({exc})") from None
+    per_second = round(rate)  # NDF labels count whole frames per second at the nominal rate
+    if f >= per_second:
+        raise InputError(f"{tc!r} has frame {f}, but {format_rate(rate)} fps counts 0-{per_second - 1}")
+    return ((h * 60 + m) * 60 + s) * per_second + f
 
 
 def seconds_to_frame(seconds: float, rate: Fraction) -> int:
