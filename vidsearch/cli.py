@@ -178,6 +178,42 @@ def export(
         out.print(f"wrote {path}")
 
 
+@app.command(name="eval")
+@friendly
+def eval_(
+    data: Path = typer.Argument(..., help="Directory of sequences: <name>/img/*.jpg + <name>/groundtruth.txt."),
+    method: List[str] = typer.Option([], "--method", "-m", help="dasr, dasr*, dasr-m, dasr-m*, mac, spoc, rmac, crow; suffixes :official :nowhiten :feat=LAYER :peak=LAYER"),
+    preset: str = typer.Option("default", "--preset", "-p"),
+    device: str = DEVICE,
+    stride: int = typer.Option(4, "--stride", help="Reference frame step (5, 9, 13, ... for 4)."),
+    queries: str = typer.Option("first", "--queries", help="first | first+middle"),
+    max_frames: Optional[int] = typer.Option(None, "--max-frames", help="At most this many references per sequence (quick runs)."),
+    batch: int = typer.Option(4, "--batch", min=1),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON and nothing else."),
+) -> None:
+    """The Instance-160 protocol on tracking sequences: mAP and localisation per method."""
+    from .evaluate import evaluate
+
+    with _fps_progress(err) as progress:
+        def start(name: str, total: int):
+            task = progress.add_task(name, total=total, rate="")
+            return lambda n: progress.advance(task, n)
+
+        result = evaluate(data, method or None, preset, device, stride, queries, max_frames, batch, progress=start)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+        return
+    p = result["protocol"]
+    table = Table(title=f"{result['data']} · {p['queries']} queries · {p['references']} references · {result['device']}")
+    cols = ("map@50", "map@100", "map@all", "loc_recall@0.5", "miou", "regions_per_frame", "frames_per_s")
+    table.add_column("method")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for name, m in result["methods"].items():
+        table.add_row(name, *["-" if m[c] is None else f"{m[c]:.3f}" for c in cols])
+    out.print(table)
+
+
 @app.command()
 @friendly
 def status(library: Optional[Path] = LIBRARY, as_json: bool = typer.Option(False, "--json")) -> None:

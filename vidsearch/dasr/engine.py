@@ -26,6 +26,7 @@ class Regions:
     boxes: np.ndarray  # (N, 4) x1, y1, x2, y2
     scores: np.ndarray  # (N,) X̄ at the seed
     vectors: np.ndarray  # (N, D) L2-normalised raw descriptors (not whitened)
+    extra: np.ndarray | None = None  # the same regions pooled the other way, when asked for
 
     @classmethod
     def empty(cls, dim: int) -> "Regions":
@@ -100,8 +101,9 @@ class Engine:
         return self.backbone.normalize(x), (h0, w0)
 
     @torch.no_grad()
-    def extract(self, frames) -> Regions:
-        """Frames (B, H, W, 3) uint8, all one size -> their regions."""
+    def extract(self, frames, extra_pooling: str | None = None) -> Regions:
+        """Frames (B, H, W, 3) uint8, all one size -> their regions (and, with extra_pooling,
+        the same regions pooled a second way, for comparing DASR with DASR-m)."""
         p = self.preset
         t = time.perf_counter()
         x, (h0, w0) = self.prepare(frames)
@@ -135,11 +137,14 @@ class Engine:
         t = self._tick("boxes", t)
         feats = tape.values[self.graph.feature]
         vectors = l2n(pool_boxes(feats.float(), boxes, frame, tuple(size), p.pooling))
+        extra = l2n(pool_boxes(feats.float(), boxes, frame, tuple(size), extra_pooling)).cpu().numpy() \
+            if extra_pooling else None
         t = self._tick("pooling", t)
         sx, sy = w0 / size[1], h0 / size[0]
         scale = torch.tensor([sx, sy, sx, sy], device=boxes.device)
         return Regions(frame.cpu().numpy(), (boxes * scale).cpu().numpy().astype(np.float32),
-                       scores.cpu().numpy().astype(np.float32), vectors.cpu().numpy().astype(np.float32))
+                       scores.cpu().numpy().astype(np.float32), vectors.cpu().numpy().astype(np.float32),
+                       extra)
 
     @torch.no_grad()
     def describe(self, image: np.ndarray, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
