@@ -59,8 +59,10 @@ class Whitening:
         evals, evecs = np.linalg.eigh(cov)
         order = np.argsort(evals)[::-1]
         evals, evecs = evals[order], evecs[:, order]
-        if dims:
-            evals, evecs = evals[:dims], evecs[:, :dims]
+        # N vectors span at most N-1 directions: the rest have no variance to whiten.
+        rank = int((evals > 1e-9 * max(evals[0], 1e-12)).sum())
+        keep = min(rank, max(1, x.shape[0] - 1), dims or len(evals))
+        evals, evecs = evals[:keep], evecs[:, :keep]
         evals = evals.clip(min=0) + shrink * max(evals.mean(), 1e-12)
         proj = (evecs / np.sqrt(evals)).T
         return cls(mean.astype(np.float32), proj.astype(np.float32), version, int(x.shape[0]))
