@@ -36,7 +36,7 @@ def main() -> None:
     for m in args.method:
         cmd += ["--method", m]
     start = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "vidsearch"] + cmd[1:], capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "vidsearch eval failed")
     result = json.loads(proc.stdout)
