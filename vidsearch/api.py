@@ -154,6 +154,19 @@ def index_video(lib: Library, engine, path: Path, sampler: Sampler, batch: int, 
     key = content_key(path)
     source = open_source(path, decoder, engine.preset.long_side, info=info)
     vid = lib.begin_video(path, key, info)
+    try:
+        return _extract_and_commit(lib, engine, path, info, source, sampler, batch, vid, on_progress,
+                                   replaces, stop_after, start)
+    except BaseException:
+        try:  # roll back this video's pending row now; a kill -9 leaves it to the next writer
+            lib.remove_video(vid)
+        except Exception:
+            pass
+        raise
+
+
+def _extract_and_commit(lib, engine, path, info, source, sampler, batch, vid, on_progress, replaces,
+                        stop_after, start) -> IndexReport:
     frames_idx, frames_t = [], []
     parts = {k: [] for k in ("frame", "time", "box", "score", "desc")}
     done = 0
@@ -176,7 +189,6 @@ def index_video(lib: Library, engine, path: Path, sampler: Sampler, batch: int, 
         if stop_after is not None and done >= stop_after:  # tests: simulate a crash mid-video
             raise KeyboardInterrupt
     if not frames_idx:
-        lib.remove_video(vid)
         raise InputError(f"{path}: no frame could be decoded" + (f" ({source.stopped_at})" if source.stopped_at else ""))
     dim = engine.dim
     arrays = {k: (np.concatenate(v) if v else np.zeros((0, 4) if k == "box" else (0, dim) if k == "desc" else 0))
@@ -188,6 +200,8 @@ def index_video(lib: Library, engine, path: Path, sampler: Sampler, batch: int, 
         notes.append("no usable timestamps: times are frame / fps")
     if source.stopped_at:
         notes.append(f"truncated: {source.stopped_at}")
+    elif info.duration - frames_t[-1] > max(2.0, 2.0 / (sampler.fps or 1.0)) and sampler.every_n is None:
+        notes.append(f"decoding ended at {frames_t[-1]:.1f}s of {info.duration:.1f}s (truncated file?)")
     lib.commit_video(vid, arrays, info.has_pts, "; ".join(notes), replaces=replaces)
     return IndexReport(str(path), "replaced" if replaces else "indexed", len(frames_idx), len(arrays["frame"]),
                        time.perf_counter() - start, "; ".join(notes))

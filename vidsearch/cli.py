@@ -117,7 +117,7 @@ def find(
                       str(query_video) if query_video else None, at, device, weights)
     data = result.to_dict()
     for w in result.warnings:
-        err.print(f"[yellow]warning:[/] {w}", highlight=False)
+        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
     frames = {}
     if out_dir or (previews and not as_json and out.is_terminal) or (previews and not as_json and out.color_system):
         frames = api.best_frames(result.result.segments)
@@ -238,7 +238,7 @@ def status(library: Optional[Path] = LIBRARY, as_json: bool = typer.Option(False
     out.print(table)
     out.print(f"{len(s['videos'])} videos · {s['frames']} frames · {s['regions']} regions")
     for u in s["unreadable"]:
-        err.print(f"[yellow]warning:[/] {u['path']}: shard unreadable ({u['why']}); it is skipped — re-index it")
+        err.print(f"[yellow]warning:[/] {u['path']}: shard unreadable ({u['why']}); it is skipped — re-index it", soft_wrap=True)
 
 
 @app.command()

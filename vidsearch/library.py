@@ -15,6 +15,7 @@ Every file is written to a temporary name, fsynced and renamed into place. An in
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -115,9 +116,13 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; on success fsync it and rename it into place."""
+    """Yield a temporary path beside `path`; on success fsync it and rename it into place.
+    A full disk becomes a one-line LibraryError; the old file stays as it was."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         yield tmp
@@ -125,6 +130,11 @@ def atomic_path(path: Path) -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except OSError as exc:
+        if exc.errno in _NO_SPACE:
+            raise LibraryError(f"no space left on the device while writing {path.name}: free some space "
+                               "and run the command again (nothing committed was lost)") from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
@@ -313,7 +323,11 @@ class Library:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, **arrays)
-        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            self.db.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            path.unlink(missing_ok=True)
+            raise LibraryError(f"cannot commit to the catalog ({exc}): free disk space and run again") from None
         try:
             self.db.execute(
                 "UPDATE videos SET status='done', frames=?, regions=?, has_pts=?, note=?, "
@@ -371,8 +385,10 @@ class Library:
                     if z["desc"].shape[0] != v.regions:
                         raise ValueError("row count differs from the catalog")
                 good.append(v)
+            except FileNotFoundError:
+                bad.append((v, "the file is missing"))
             except Exception as exc:
-                bad.append((v, f"{type(exc).__name__}: {exc}"[:120]))
+                bad.append((v, f"not a valid shard: {type(exc).__name__}"))
         return good, bad
 
     # ------------------------------------------------------------------ whitening
@@ -474,6 +490,26 @@ class Library:
         for old in self.index_dir.glob("*.faiss"):
             if old.name != name:
                 old.unlink(missing_ok=True)
+
+    def verify(self) -> list[str]:
+        """Invariants a crash must never break; returns what is wrong (empty = consistent)."""
+        problems = []
+        done = self.videos()
+        ids = {v.id for v in done}
+        for v in done:
+            try:
+                with np.load(self.shard_path(v.id)) as z:
+                    n = {k: len(z[k]) for k in SHARD_FIELDS}
+                if len({n["frame"], n["time"], n["box"], n["score"], n["desc"]}) != 1 or n["desc"] != v.regions:
+                    problems.append(f"video {v.id}: shard rows {n} do not match the catalog's {v.regions} regions")
+                if n["sample_frame"] != v.frames:
+                    problems.append(f"video {v.id}: {n['sample_frame']} sampled frames, catalog says {v.frames}")
+            except Exception as exc:
+                problems.append(f"video {v.id}: shard unreadable ({type(exc).__name__})")
+        paths = [v.path for v in done]
+        if len(paths) != len(set(paths)):
+            problems.append("a path is indexed twice")
+        return problems
 
     def refresh(self, preset: Preset) -> None:
         """After writes: fit or refit whitening if due, then bring the FAISS cache up to date."""

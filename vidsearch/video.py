@@ -46,6 +46,9 @@ class Frame:
 
 def _open(path: Path):
     import av
+    import av.logging
+
+    av.logging.set_level(av.logging.FATAL)  # damaged streams are reported by vidsearch itself
 
     if not path.exists():
         raise InputError(f"{path}: no such file")
@@ -94,6 +97,9 @@ def probe(path: str | Path) -> VideoInfo:
     try:
         stream = container.streams.video[0]
         ctx = stream.codec_context
+        fmt = container.format.name or ""
+        if fmt.endswith("_pipe") or fmt in ("image2", "gif") and (stream.frames or 0) <= 1:
+            raise InputError(f"{path} is a still image, not a video: to search with it, use find --query {path.name}")
         if ctx.name is None or ctx.width == 0:
             raise InputError(f"{path}: the video codec is not supported by this FFmpeg build")
         fps = _fraction(stream.average_rate) or _fraction(stream.guessed_rate) or _fraction(stream.base_rate)
