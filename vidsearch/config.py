@@ -23,10 +23,12 @@ CHOICES = {
     "stop": ("input", "stride4", "stride8"),
     "dtype": ("fp32", "bf16", "fp16"),
     "pooling": ("avg", "max"),
+    "index_type": ("auto", "flat", "ivf"),
 }
 
 # Fields that do not change what a stored vector means (speed knobs, sampling).
-_NOT_FINGERPRINTED = {"name", "sample_fps", "dtype", "peak_chunk", "description"}
+_NOT_FINGERPRINTED = {"name", "sample_fps", "dtype", "peak_chunk", "description", "index_type",
+                      "ivf_min_regions", "nprobe"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class Preset:
     whiten_min_regions: int = 2000  # learn whitening once the library has this many
     sample_fps: float = 1.0
     peak_chunk: int = 64
+    index_type: str = "auto"  # flat | ivf | auto (IVF once the library has ivf_min_regions)
+    ivf_min_regions: int = 2_000_000
+    nprobe: int = 32
 
     def __post_init__(self) -> None:
         for field, allowed in CHOICES.items():

@@ -444,10 +444,23 @@ class Library:
         return whitening.apply(desc) if whitening is not None else desc
 
     def build_index(self, videos: list[VideoRow]):
+        """Exact inner product (IndexFlatIP) by default; IVF with 8-bit scalar codes once the
+        library passes the preset's ivf_min_regions (or when the preset asks for it). Both sit
+        in an IndexIDMap2 so ids stay (video_id << 32) | row."""
         import faiss
 
         w = self.whitening()
+        preset = self.preset()
+        total = sum(v.regions for v in videos)
+        kind = preset.index_type if preset else "flat"
+        use_ivf = kind == "ivf" or (kind == "auto" and preset is not None and total >= preset.ivf_min_regions)
         index = None
+        if use_ivf and total >= 256:
+            nlist = int(min(65536, max(16, 4 * np.sqrt(total))))
+            train = self._sample_vectors(videos, w, min(total, max(64 * nlist, 100_000)))
+            inner = faiss.index_factory(train.shape[1], f"IVF{nlist},SQ8", faiss.METRIC_INNER_PRODUCT)
+            inner.train(train)
+            index = faiss.IndexIDMap2(inner)
         for v in videos:
             vec = self.vectors_of(v.id, w)
             if index is None:
@@ -455,6 +468,29 @@ class Library:
             if len(vec):
                 index.add_with_ids(np.ascontiguousarray(vec), region_ids(v.id, len(vec)))
         return index
+
+    def _sample_vectors(self, videos: list[VideoRow], w: Whitening | None, n: int, seed: int = 0) -> np.ndarray:
+        rng = np.random.default_rng(seed)
+        total = sum(v.regions for v in videos)
+        parts = []
+        for v in videos:
+            vec = self.vectors_of(v.id, w)
+            take = min(len(vec), int(np.ceil(n * len(vec) / max(1, total))))
+            if take:
+                parts.append(vec[rng.choice(len(vec), take, replace=False)])
+        return np.ascontiguousarray(np.concatenate(parts))
+
+    def exact_scores(self, ids: np.ndarray, q: np.ndarray) -> np.ndarray:
+        """Scores of regions recomputed from the stored descriptors (re-ranking after IVF-SQ8)."""
+        w = self.whitening()
+        out = np.empty(len(ids), dtype=np.float32)
+        vids = ids >> 32
+        for vid in np.unique(vids):
+            sel = np.nonzero(vids == vid)[0]
+            desc = self.load_shard(int(vid), ("desc",))["desc"][ids[sel] & 0xFFFFFFFF].astype(np.float32)
+            vec = w.apply(desc) if w is not None else desc
+            out[sel] = vec @ q
+        return out
 
     def load_index(self, save: bool = False):
         """The FAISS index of every readable video: from the cache when it is current, else

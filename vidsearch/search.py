@@ -63,41 +63,64 @@ def fuse(vectors: list[np.ndarray]) -> np.ndarray:
     return (q / max(np.linalg.norm(q), 1e-12)).astype(np.float32)
 
 
-def background_stats(index, q: np.ndarray, sample: int = 20000, seed: int = 0) -> tuple[float, float]:
+def is_exact(index) -> bool:
+    import faiss
+
+    return isinstance(faiss.downcast_index(index.index), faiss.IndexFlat)
+
+
+def background_stats(index, q: np.ndarray, sample: int = 20000, seed: int = 0, exact=None) -> tuple[float, float]:
     """Median and robust sigma (1.4826 MAD) of the query's scores against a random sample of
     regions: true matches are too few to move either much."""
     import faiss
 
     n = index.ntotal
-    base = faiss.downcast_index(index.index)
     rng = np.random.default_rng(seed)
     pos = np.sort(rng.choice(n, min(n, sample), replace=False)).astype(np.int64)
-    vecs = base.reconstruct_batch(pos) if hasattr(base, "reconstruct_batch") else \
-        np.stack([base.reconstruct(int(i)) for i in pos])
-    s = vecs @ q
+    if exact is None:
+        s = faiss.downcast_index(index.index).reconstruct_batch(pos) @ q
+    else:  # approximate codes: score the sampled regions from their stored vectors
+        s = exact(faiss.vector_to_array(index.id_map)[pos], q)
     med = float(np.median(s))
     return med, max(float(np.median(np.abs(s - med))) * 1.4826, 1e-3)
 
 
-def auto_threshold(index, q: np.ndarray) -> float:
+def auto_threshold(index, q: np.ndarray, exact=None) -> float:
     """A frame counts when its best region beats the background by 3 robust sigmas and is within
     60 % of the best match in the library; 6 sigmas always count. Measured on generated videos:
     true frames score 0.45-0.67, background regions <= 0.13 (Lite0, 512 px, no whitening)."""
-    med, sigma = background_stats(index, q)
+    med, sigma = background_stats(index, q, exact=exact)
     best = float(index.search(q[None], 1)[0][0, 0])
     return max(med + 3 * sigma, min(med + 6 * sigma, 0.6 * best))
 
 
-def retrieve(index, q: np.ndarray, min_score: float, max_regions: int = 200_000) -> tuple[np.ndarray, np.ndarray]:
-    """All regions scoring >= min_score (up to max_regions), best first: grow k until the
-    k-th score falls below the threshold, so nothing above it is missed."""
-    k = min(index.ntotal, 1024)
+def retrieve(index, q: np.ndarray, min_score: float, max_regions: int = 200_000, max_k: int | None = None,
+             exact=None, margin: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
+    """All regions scoring >= min_score (up to max_regions), best first: grow k until the k-th
+    score falls below the threshold, so nothing above it is missed.
+
+    max_k: the largest k one search may ask for (GPU indexes allow 2048); past it the search
+    goes on as range search. exact: rescoring of candidates from stored vectors, for indexes
+    with approximate codes; candidates are then taken down to min_score - margin first."""
+    cut = min_score - margin if exact is not None else min_score
+    k = min(index.ntotal, 1024, max_k or 1024)
     while True:
         scores, ids = index.search(q[None], k)
         scores, ids = scores[0], ids[0]
         valid = ids >= 0
         scores, ids = scores[valid], ids[valid]
-        if k >= index.ntotal or k >= max_regions or (len(scores) and scores[-1] < min_score):
+        done = k >= index.ntotal or k >= max_regions or (len(scores) and scores[-1] < cut)
+        if not done and max_k is not None and k >= max_k:
+            lims, dist, labels = index.range_search(q[None], cut)
+            scores, ids = dist[lims[0] : lims[1]], labels[lims[0] : lims[1]]
+            order = np.argsort(-scores, kind="stable")[:max_regions]
+            scores, ids = scores[order], ids[order]
+            done = True
+        if done:
+            if exact is not None and len(ids):
+                scores = exact(ids, q)
+                order = np.argsort(-scores, kind="stable")
+                scores, ids = scores[order], ids[order]
             keep = scores >= min_score
             return scores[keep], ids[keep]
         k = min(index.ntotal, k * 4, max_regions)
@@ -153,8 +176,13 @@ def search(lib: Library, index, q: np.ndarray, top: int = 20, min_score: float |
            bridge: int = 1) -> SearchResult:
     if index is None or index.ntotal == 0:
         return SearchResult([], 0.0, 0, 0)
-    threshold = auto_threshold(index, q) if min_score is None else min_score
-    scores, ids = retrieve(index, q, threshold)
+    exact = None if is_exact(index) else lib.exact_scores
+    if exact is not None:
+        import faiss
+
+        faiss.extract_index_ivf(index.index).nprobe = (lib.preset().nprobe if lib.preset() else 32)
+    threshold = auto_threshold(index, q, exact) if min_score is None else min_score
+    scores, ids = retrieve(index, q, threshold, exact=exact)
     per_video = frame_hits(lib, scores, ids)
     segments: list[Segment] = []
     for vid, hits in per_video.items():

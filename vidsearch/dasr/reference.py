@@ -38,14 +38,16 @@ def _vjp(op, a: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     return g
 
 
-def reference_maps(graph: Graph, x: torch.Tensor, seeds: torch.Tensor, rules: Rules) -> torch.Tensor:
-    """x (1, 3, H, W); seeds (K, C, h, w) -> maps (K, H, W), each peak back-propagated alone."""
+def reference_maps(graph: Graph, x: torch.Tensor, seeds: torch.Tensor, rules: Rules,
+                   dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """x (1, 3, H, W); seeds (K, C, h, w) -> maps (K, H, W), each peak back-propagated alone
+    (float64 for the tests; the benchmark runs it in the engine's precision)."""
     assert rules.stop == "input", "the reference goes to the input"
-    values = graph.forward(x)
+    values = [v.to(dtype) for v in graph.forward(x)]
     ops = graph.ops
     out = []
     for k in range(seeds.shape[0]):
-        prob = {graph.peak: seeds[k : k + 1].double()}
+        prob = {graph.peak: seeds[k : k + 1].to(dtype)}
         ratio = {}
         for i in range(graph.peak, 0, -1):
             op = ops[i]
@@ -55,13 +57,13 @@ def reference_maps(graph: Graph, x: torch.Tensor, seeds: torch.Tensor, rules: Ru
             if op.kind == "act":
                 targets = [(op.inputs[0], p)]
             elif op.kind in ("conv", "avgpool") or (op.kind == "maxpool" and rules.maxpool == "sum"):
-                a = _nonneg(values[op.inputs[0]].double(), ops[op.inputs[0]].nonneg)
+                a = _nonneg(values[op.inputs[0]], ops[op.inputs[0]].nonneg)
                 if r is None:
                     z = _fplus(op, a)
                     r = torch.where(z > EPS, p / z.clamp(min=EPS), torch.zeros_like(z))
                 targets = [(op.inputs[0], a * _vjp(op, a, r))]
             elif op.kind == "maxpool":
-                a = values[op.inputs[0]].detach().double().requires_grad_(True)
+                a = values[op.inputs[0]].detach().requires_grad_(True)
                 with torch.enable_grad():
                     y = F.max_pool2d(a, op.kernel, op.stride, op.padding, op.dilation, op.ceil_mode)
                     (g,) = torch.autograd.grad(y, a, grad_outputs=p)
@@ -69,7 +71,7 @@ def reference_maps(graph: Graph, x: torch.Tensor, seeds: torch.Tensor, rules: Ru
             elif rules.residual == "copy":
                 targets = [(j, p) for j in op.inputs]
             elif rules.residual == "split":
-                parts = [values[j].double().clamp(min=0) for j in op.inputs]
+                parts = [values[j].clamp(min=0) for j in op.inputs]
                 total = sum(parts)
                 targets = [(j, torch.where(total > EPS, p * c / total.clamp(min=EPS), p / len(parts)))
                            for j, c in zip(op.inputs, parts)]
@@ -77,10 +79,10 @@ def reference_maps(graph: Graph, x: torch.Tensor, seeds: torch.Tensor, rules: Ru
                 contrib = {}
                 for j in op.inputs:
                     if ops[j].kind == "conv" and ops[j].users == [i]:
-                        contrib[j] = _fplus(ops[j], _nonneg(values[ops[j].inputs[0]].double(),
+                        contrib[j] = _fplus(ops[j], _nonneg(values[ops[j].inputs[0]],
                                                              ops[ops[j].inputs[0]].nonneg))
                     else:
-                        contrib[j] = _nonneg(values[j].double(), ops[j].nonneg)
+                        contrib[j] = _nonneg(values[j], ops[j].nonneg)
                 z = sum(contrib.values())
                 rr = torch.where(z > EPS, p / z.clamp(min=EPS), torch.zeros_like(z))
                 targets = []

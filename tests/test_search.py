@@ -1,0 +1,109 @@
+"""Search stages: exact retrieval above a threshold, GPU-style k limits, IVF with exact
+re-ranking, frames -> segments."""
+
+import faiss
+import numpy as np
+import pytest
+
+from vidsearch.library import VideoRow, region_ids
+from vidsearch.search import Hit, group_segments, retrieve
+
+
+def flat_index(vectors, video=1):
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
+    index.add_with_ids(vectors, region_ids(video, len(vectors)))
+    return index
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(20000, 32)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    q = v[123] + 0.3 * rng.normal(size=32).astype(np.float32)
+    return v, (q / np.linalg.norm(q)).astype(np.float32)
+
+
+def test_retrieve_returns_exactly_the_regions_above_the_threshold(data):
+    v, q = data
+    index = flat_index(v)
+    truth = np.sort((v @ q)[(v @ q) >= 0.25])[::-1]
+    scores, ids = retrieve(index, q, 0.25)
+    assert np.allclose(scores, truth, atol=1e-5) and len(ids) == len(truth) > 1024  # past the first k
+    assert (ids >> 32 == 1).all() and ((ids & 0xFFFFFFFF) < len(v)).all()
+
+
+def test_k_limit_falls_back_to_range_search(data):
+    v, q = data
+    index = flat_index(v)
+    full, _ = retrieve(index, q, 0.3)
+    limited, _ = retrieve(index, q, 0.3, max_k=256)  # as on a GPU index (k <= 2048)
+    assert len(full) > 256 and np.allclose(np.sort(full), np.sort(limited), atol=1e-5)
+
+
+def test_ivf_with_exact_rescoring_matches_flat(data):
+    v, q = data
+    inner = faiss.index_factory(32, "IVF64,SQ8", faiss.METRIC_INNER_PRODUCT)
+    inner.train(v)
+    inner.nprobe = 64  # all lists: only the 8-bit codes differ from exact
+    index = faiss.IndexIDMap2(inner)
+    index.add_with_ids(v, region_ids(1, len(v)))
+
+    def exact(ids, qq):
+        return v[ids & 0xFFFFFFFF] @ qq
+
+    s_exact, ids_exact = retrieve(flat_index(v), q, 0.4)
+    s_ivf, ids_ivf = retrieve(index, q, 0.4, exact=exact)
+    assert set(ids_ivf.tolist()) == set(ids_exact.tolist())
+    assert np.allclose(s_ivf, s_exact, atol=1e-5)
+
+
+def _video():
+    return VideoRow(1, "/v.mp4", "k", 1, 0.0, 640, 360, "24", 20.0, 480, "h264", 0, True, None, 20, 0, "", "done", None)
+
+
+def test_segments_bridge_one_missed_sample_and_end_at_the_next_sample():
+    frames = np.arange(0, 480, 24)
+    times = frames / 24.0
+    hits = {f: Hit(f / 24, f, [0, 0, 1, 1], s) for f, s in [(48, 0.5), (72, 0.9), (120, 0.6), (240, 0.4)]}
+    segs = group_segments(_video(), hits, frames, times, bridge=1)
+    assert [(s.start, s.end) for s in segs] == [(2.0, 6.0), (10.0, 11.0)]
+    assert segs[0].best.frame == 72 and segs[0].score == 0.9
+    assert [(s.start, s.end) for s in group_segments(_video(), hits, frames, times, bridge=0)] == \
+        [(2.0, 4.0), (5.0, 6.0), (10.0, 11.0)]
+    last = group_segments(_video(), {456: Hit(19.0, 456, [0, 0, 1, 1], 0.5)}, frames, times)
+    assert last[0].end == 20.0  # the last sample's segment runs to the end of the video
+
+
+def test_library_switches_to_ivf_by_size_and_search_stays_exact(tmp_path):
+    from types import SimpleNamespace
+
+    from vidsearch.config import Preset
+    from vidsearch.library import Library
+    from vidsearch.search import is_exact, search
+
+    rng = np.random.default_rng(1)
+    lib = Library.open(tmp_path / "lib", create=True)
+    info = SimpleNamespace(width=640, height=360, fps=__import__("fractions").Fraction(24), duration=100.0,
+                           frame_count=2400, codec="h264", rotation=0, has_pts=True, start_tc=None)
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"x")
+    all_vecs = []
+    with lib.writer():
+        lib.adopt_preset(Preset(name="big", whiten=False, index_type="auto", ivf_min_regions=3000))
+        for v in range(2):
+            n = 2000
+            desc = rng.normal(size=(n, 64)).astype(np.float32)
+            desc /= np.linalg.norm(desc, axis=1, keepdims=True)
+            frames = np.repeat(np.arange(100) * 24, 20)
+            vid = lib.begin_video(video, f"key{v}", info)
+            lib.commit_video(vid, {"frame": frames, "time": frames / 24.0, "box": np.tile([0, 0, 10, 10], (n, 1)).astype(np.float32),
+                                   "score": np.ones(n, np.float32), "desc": desc.astype(np.float16),
+                                   "sample_frame": np.arange(100) * 24, "sample_time": np.arange(100.0)}, True)
+            all_vecs.append(desc.astype(np.float16).astype(np.float32))
+            index, _ = lib.load_index(save=True)
+            assert is_exact(index) == (v == 0)  # 2000 regions: flat; 4000 >= 3000: IVF
+    q = all_vecs[1][77]
+    result = search(lib, index, q, top=5, min_score=0.5)
+    best = result.segments[0]
+    assert best.video.id == 2 and best.best.frame == (77 // 20) * 24 and best.score == pytest.approx(1.0, abs=1e-3)
