@@ -119,3 +119,16 @@ def test_frame_at_time_and_bad_files(tmp_path, frames):
                      (tmp_path / "notes.txt", "not a video"), (tmp_path, "directory")]:
         with pytest.raises(InputError, match=msg):
             probe(bad)
+
+
+def test_decord_import_leaves_blas_alone():
+    """decord2 preloads libnvblas, which breaks torch's CPU matrix products; our import must not."""
+    import subprocess
+    import sys
+
+    code = ("from vidsearch.video import import_decord; import_decord(); import torch; "
+            "a = torch.ones(64, 64); print(float((a @ a).sum())); "
+            "print(any('nvblas' in l for l in open('/proc/self/maps')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.split() == ["262144.0", "False"]

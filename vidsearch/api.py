@@ -425,7 +425,9 @@ def doctor() -> tuple[list[tuple[str, str, bool]], bool]:
         return f"torchvision {torchvision.__version__}", True
 
     def decord_check():
-        import decord
+        from .video import import_decord
+
+        decord = import_decord()
 
         return f"decord {getattr(decord, '__version__', '?')}", True
 

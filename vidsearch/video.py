@@ -44,6 +44,39 @@ class Frame:
     image: np.ndarray  # (H, W, 3) uint8, scaled for the engine
 
 
+def import_decord():
+    """Import decord without its CUDA preloading.
+
+    decord2 dlopens every library under site-packages/nvidia/*/lib with RTLD_GLOBAL, including
+    libnvblas, which then takes over BLAS calls of torch and numpy: on a machine without a GPU
+    torch's matrix products abort ("CPU Blas library need to be provided"). The CPU build needs
+    none of them, so hide the nvidia packages while it loads; a CUDA build that does need them
+    falls back to the normal import, with torch loaded first so its BLAS stays its own."""
+    import importlib.util
+    import sys
+
+    if "decord" in sys.modules:
+        return sys.modules["decord"]
+    real = importlib.util.find_spec
+
+    def without_nvidia(name, *args, **kwargs):
+        return None if name == "nvidia" else real(name, *args, **kwargs)
+
+    importlib.util.find_spec = without_nvidia
+    try:
+        import decord
+    except OSError:
+        importlib.util.find_spec = real
+        for name in [m for m in sys.modules if m == "decord" or m.startswith("decord.")]:
+            del sys.modules[name]
+        import torch  # noqa: F401
+
+        import decord
+    finally:
+        importlib.util.find_spec = real
+    return decord
+
+
 def _open(path: Path):
     import av
     import av.logging
@@ -228,8 +261,7 @@ class DecordSource:
         self.stopped_at: str | None = None
 
     def frames(self, sampler: Sampler) -> Iterator[Frame]:
-        import decord
-
+        decord = import_decord()
         info = self.info
         # decord2 applies the display matrix itself: ask for the upright (display) size.
         w, h = scaled_size(info.width, info.height, self.long_side)
