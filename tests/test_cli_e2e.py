@@ -222,7 +222,7 @@ def test_ntsc_video_with_start_timecode_exports_a_relinkable_edl(world, tmp_path
     frames, truth = render_frames(fps=Fraction(30000, 1001), seconds=4.0, appear=(1.0, 3.0))
     video = write_video(tmp_path / "A001_C007.mov", frames, Fraction(30000, 1001), timecode="01:00:00;00")
     lib = tmp_path / "lib"
-    run("index", video, "-l", lib, "--preset", PRESET, "--device", "cpu")
+    run("index", video, "-l", lib, "--preset", PRESET, "--device", "cpu", "--decode-workers", "2")
     edl_path = tmp_path / "selects.edl"
     result = run("find", "-q", world["crop"], "-l", lib, "--json", "--export", "edl", "-o", edl_path, "--device", "cpu")
     seg = json.loads(result.stdout)["segments"][0]

@@ -191,3 +191,21 @@ def test_unsupported_layer_is_a_clear_error():
     with pytest.raises(VidsearchError, match="no rule for"):
         build_graph(model, "3", "3")
     np.testing.assert_equal(len(build_graph(model, "0", "0").ops), 2)
+
+
+def test_peak_chunks_and_frame_batches_do_not_change_the_regions(lite0):
+    from vidsearch.config import Preset
+    from vidsearch.dasr.engine import Engine
+
+    from .helpers import photo
+
+    import numpy as np
+    from PIL import Image
+
+    frames = np.stack([np.asarray(Image.fromarray(photo(n)).resize((192, 128))) for n in ("coffee", "rocket", "chelsea")])
+    whole = Engine(Preset(long_side=192, peak_chunk=64), "cpu", backbone=lite0).extract(frames)
+    chunked = Engine(Preset(long_side=192, peak_chunk=3), "cpu", backbone=lite0).extract(frames)
+    single = [Engine(Preset(long_side=192, peak_chunk=3), "cpu", backbone=lite0).extract(frames[i : i + 1]) for i in range(3)]
+    assert np.array_equal(whole.frame, chunked.frame)
+    assert np.allclose(whole.boxes, chunked.boxes, atol=1e-3) and np.allclose(whole.vectors, chunked.vectors, atol=1e-5)
+    assert np.allclose(np.concatenate([s.boxes for s in single]), whole.boxes, atol=1e-2)

@@ -147,12 +147,13 @@ def _engine(preset: Preset, device: str, weights: str | None):
 
 
 def index_video(lib: Library, engine, path: Path, sampler: Sampler, batch: int, decoder: str,
-                on_progress=None, replaces: int | None = None, stop_after: int | None = None) -> IndexReport:
+                on_progress=None, replaces: int | None = None, stop_after: int | None = None,
+                decode_workers: int = 1) -> IndexReport:
     """Decode, extract and commit one video (the caller holds the writer lock)."""
     start = time.perf_counter()
     info = probe(path)
     key = content_key(path)
-    source = open_source(path, decoder, engine.preset.long_side, info=info)
+    source = open_source(path, decoder, engine.preset.long_side, info=info, workers=decode_workers)
     vid = lib.begin_video(path, key, info)
     try:
         return _extract_and_commit(lib, engine, path, info, source, sampler, batch, vid, on_progress,
@@ -210,7 +211,7 @@ def _extract_and_commit(lib, engine, path, info, source, sampler, batch, vid, on
 def index_videos(paths: list[str], library: str | None = None, preset: str | None = None,
                  fps: float | None = None, every_n: int | None = None, device: str = "auto",
                  batch: int = 8, decoder: str = "decord", weights: str | None = None, wait: float = 0.0,
-                 progress=None, stop_after: int | None = None) -> list[IndexReport]:
+                 progress=None, stop_after: int | None = None, decode_workers: int | None = None) -> list[IndexReport]:
     """Index videos into the library; unchanged ones are skipped, changed ones re-indexed.
 
     `progress(path, total_frames)` returns a callback taking a number of new frames."""
@@ -219,6 +220,12 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
     if batch < 1:
         raise InputError(f"--batch must be at least 1, got {batch}")
     Sampler(fps=fps if fps is not None else 1.0, every_n=every_n)  # validates --fps / --every-n now
+    if decode_workers is None:
+        from .video import default_workers
+
+        decode_workers = default_workers()
+    if decode_workers < 1:
+        raise InputError(f"--decode-workers must be at least 1, got {decode_workers}")
     resolved = []
     for p in paths:
         path = Path(p).expanduser()
@@ -253,7 +260,8 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
                     expected = (info.frame_count // every_n + 1) if every_n else int(info.duration * sample_fps) + 1
                     tick = progress(path, expected) if progress else None
                     reports.append(index_video(lib, engine, path, sampler, batch, decoder, tick,
-                                               replaces=same_path.id if same_path else None, stop_after=stop_after))
+                                               replaces=same_path.id if same_path else None, stop_after=stop_after,
+                                               decode_workers=decode_workers))
                 except InputError as exc:
                     reports.append(IndexReport(str(path), "failed", note=str(exc)))
             if any(r.status in ("indexed", "replaced") for r in reports) or lib.meta("preset"):

@@ -63,6 +63,7 @@ def index(
     decoder: str = typer.Option("decord", "--decoder", help="decord | pyav"),
     weights: Optional[str] = WEIGHTS,
     wait: float = typer.Option(0.0, "--wait", min=0, help="Seconds to wait for another writer."),
+    decode_workers: Optional[int] = typer.Option(None, "--decode-workers", help="Decoding processes (default: 1 on small machines, up to 8)."),
 ) -> None:
     """Sample frames, extract DASR* regions, add them to the library (idempotent, resumable)."""
     import time
@@ -79,7 +80,8 @@ def index(
             return tick
 
         reports = api.index_videos([str(v) for v in videos], str(library) if library else None, preset, fps,
-                                   every_n, device, batch, decoder, weights, wait, progress=start)
+                                   every_n, device, batch, decoder, weights, wait, progress=start,
+                                   decode_workers=decode_workers)
     table = Table(title="index", show_lines=False)
     for col in ("video", "status", "frames", "regions", "seconds", "note"):
         table.add_column(col)
@@ -284,7 +286,7 @@ def demo(
     make_sample(video, seconds=10.0, appear=(3.0, 7.0))
     Image.fromarray(object_crop("coffee")).save(crop)
     err.print(f"2/3 vidsearch index {video} --library {workdir / 'library'}")
-    index([video], workdir / "library", preset, None, None, device, 4, "decord", None, 0.0)
+    index([video], workdir / "library", preset, None, None, device, 4, "decord", None, 0.0, None)
     err.print(f"3/3 vidsearch find --query {crop} --library {workdir / 'library'} --out {workdir / 'hits'}")
     find([crop], [], None, None, workdir / "library", 5, None, False, workdir / "hits", None, None, True, device, None)
 

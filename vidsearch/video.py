@@ -10,6 +10,7 @@ decoder to the engine's size, and runs ahead of the consumer in a thread with a 
 from __future__ import annotations
 
 import math
+import os
 import queue
 import threading
 from dataclasses import dataclass
@@ -253,12 +254,53 @@ class PyAVSource:
             container.close()
 
 
-class DecordSource:
-    """decord (the maintained decord2 fork): decoder-side scaling, batched sequential reads."""
+_WORKER_READERS: dict = {}
 
-    def __init__(self, info: VideoInfo, long_side: int | None = None, chunk: int = 32) -> None:
-        self.info, self.long_side, self.chunk = info, long_side, chunk
+
+def _decode_run(path: str, indices: list[int], width: int, height: int) -> np.ndarray:
+    """In a worker process: decode one run of frames (one seek, then forward)."""
+    key = (path, width, height)
+    if key not in _WORKER_READERS:
+        decord = import_decord()
+        _WORKER_READERS.clear()
+        _WORKER_READERS[key] = decord.VideoReader(path, ctx=decord.cpu(0), width=width, height=height, num_threads=1)
+    return _WORKER_READERS[key].get_batch(indices).asnumpy()
+
+
+def default_workers() -> int:
+    """Decode processes: none extra on small machines, up to 8 where there are many cores."""
+    cores = os.cpu_count() or 1
+    return 1 if cores <= 4 else min(8, cores // 2)
+
+
+class DecordSource:
+    """decord (the maintained decord2 fork): decoder-side scaling, batched sequential reads.
+
+    With workers > 1 the wanted frames are split into runs of `chunk` frames decoded in worker
+    processes (each run: one seek to the keyframe before it, then forward), at most 2 runs per
+    worker in flight, and handed on in order."""
+
+    def __init__(self, info: VideoInfo, long_side: int | None = None, chunk: int = 32, workers: int = 1) -> None:
+        self.info, self.long_side, self.chunk, self.workers = info, long_side, chunk, max(1, workers)
         self.stopped_at: str | None = None
+
+    def _parallel(self, runs: list[list[int]], w: int, h: int) -> Iterator[tuple[list[int], np.ndarray]]:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as pool:
+            pending = []
+            runs_iter = iter(runs)
+            for idx in runs_iter:
+                pending.append((idx, pool.submit(_decode_run, str(self.info.path), idx, w, h)))
+                if len(pending) >= 2 * self.workers:
+                    break
+            while pending:
+                idx, fut = pending.pop(0)
+                nxt = next(runs_iter, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(_decode_run, str(self.info.path), nxt, w, h)))
+                yield idx, fut.result()
 
     def frames(self, sampler: Sampler) -> Iterator[Frame]:
         decord = import_decord()
@@ -279,26 +321,31 @@ class DecordSource:
             info.has_pts = False
             stamps = [i * period for i in range(n)]
         wanted = [i for i in range(n) if sampler.take(i, stamps[i], period)]
-        for c in range(0, len(wanted), self.chunk):
-            idx = wanted[c : c + self.chunk]
-            try:
-                batch = vr.get_batch(idx).asnumpy()
-            except Exception as exc:
-                self.stopped_at = f"decoding stopped near frame {idx[0]} ({type(exc).__name__})"
-                return
-            for i, img in zip(idx, batch):
-                yield Frame(i, stamps[i], img)
+        runs = [wanted[c : c + self.chunk] for c in range(0, len(wanted), self.chunk)]
+        if self.workers > 1 and len(runs) > 1:
+            del vr
+            batches = self._parallel(runs, w, h)
+        else:
+            batches = ((idx, None) for idx in runs)
+        try:
+            for idx, batch in batches:
+                if batch is None:
+                    batch = vr.get_batch(idx).asnumpy()
+                for i, img in zip(idx, batch):
+                    yield Frame(i, stamps[i], img)
+        except Exception as exc:
+            self.stopped_at = f"decoding stopped near frame {idx[0]} ({type(exc).__name__})"
 
 
 def open_source(path: str | Path, decoder: str = "decord", long_side: int | None = None,
-                info: VideoInfo | None = None) -> FrameSource:
+                info: VideoInfo | None = None, workers: int = 1) -> FrameSource:
     info = info or probe(path)
     if decoder == "decord" and not info.has_pts:
         # decord seeks by timestamp; without usable ones it returns wrong frames after a seek
         # (seen on an H.264 AVI: its frame 400 was really frame 150). PyAV decodes in order.
         decoder = "pyav"
     if decoder == "decord":
-        return DecordSource(info, long_side)
+        return DecordSource(info, long_side, workers=workers)
     if decoder == "pyav":
         return PyAVSource(info, long_side)
     raise InputError(f"unknown decoder {decoder!r}: use decord or pyav")
