@@ -309,3 +309,18 @@ def test_readers_during_a_write_never_see_a_torn_library(clips, tmp_path):
     st = api.status(str(lib))
     assert st["regions"] >= 8, st["regions"]
     assert st["whitening"] is not None and st["index"]["current"]
+
+
+def test_paper_preset_without_resnet_weights_says_how_to_get_them(clips, tmp_path, monkeypatch):
+    from urllib.error import URLError
+
+    from torchvision.models._api import WeightsEnum
+
+    def offline(self, *a, **k):
+        raise URLError("no network")
+
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    result = cli("index", clips["videos"][0], "-l", tmp_path / "lib", "--preset", "paper", "--device", "cpu")
+    assert result.exit_code == 2 and "--weights FILE" in result.output and "VIDSEARCH_WEIGHTS" in result.output
+    assert not (tmp_path / "lib").exists()  # a first index that failed leaves no library behind

@@ -234,9 +234,14 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
         if path.is_dir():
             raise InputError(f"{p} is a directory: give video files (e.g. {p}/*.mp4)")
         resolved.append(path.resolve())
-    lib = Library.open(library, create=True)
+    from .library import CATALOG, default_library
+
+    root = Path(library) if library else default_library()
+    created = not (root / CATALOG).exists() and not (root.exists() and any(root.iterdir()))
+    lib = Library.open(root, create=True)
     reports: list[IndexReport] = []
     engine = None
+    committed = False
     try:
         with lib.writer(wait):
             chosen = resolve_preset(lib, preset)
@@ -266,8 +271,15 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
                     reports.append(IndexReport(str(path), "failed", note=str(exc)))
             if any(r.status in ("indexed", "replaced") for r in reports) or lib.meta("preset"):
                 lib.refresh(lib.preset() or chosen)
+            committed = bool(lib.videos())
     finally:
+        if not committed:
+            committed = bool(lib._db and lib.videos())
         lib.close()
+        if created and not committed:  # a first index that added nothing leaves no library behind
+            import shutil
+
+            shutil.rmtree(root, ignore_errors=True)
     return reports
 
 
