@@ -393,18 +393,13 @@ def read_ahead(frames: Iterator[Frame], batch: int, depth: int = 4) -> Iterator[
 
 
 def read_frame_at(path: str | Path, seconds: float, decoder: str = "pyav") -> Frame:
-    """The frame shown at `seconds` (full resolution), for --query-video."""
+    """The frame shown at `seconds` (full resolution, upright), for --query-video: a seek to
+    the keyframe before it, then decoding forward."""
     info = probe(path)
     if seconds < 0 or seconds > info.duration + 1.0 / float(info.fps):
         raise InputError(f"--at {seconds:.3f}s is outside {Path(path).name} (0 to {info.duration:.3f}s)")
-    best: Frame | None = None
-    for f in PyAVSource(info, None).frames(Sampler(every_n=1)):
-        if f.time > seconds + 1e-6:
-            break
-        best = f
-    if best is None:
-        raise InputError(f"no frame decodes at {seconds:.3f}s in {path}")
-    return best
+    index = int(round(seconds * float(info.fps)))
+    return Frame(index, index / float(info.fps), grab_frame(path, seconds, index, info))
 
 
 def grab_frame(path: str | Path, time: float, index: int, info: VideoInfo | None = None) -> np.ndarray:
