@@ -104,6 +104,15 @@ def test_images_and_audio_are_not_videos(tmp_path):
         assert result.exit_code == 1 and msg in result.output
 
 
+def test_unsupported_codec_is_a_clear_error(tmp_path):
+    frames, _ = render_frames(size=(160, 90), seconds=1.0, appear=(5, 6))
+    path = write_video(tmp_path / "odd.mp4", frames)
+    path.write_bytes(path.read_bytes().replace(b"avc1", b"zzzz"))  # a codec tag FFmpeg does not know
+    result = cli("index", path, "-l", tmp_path / "lib", "--preset", TINY)
+    assert result.exit_code == 1 and "not supported" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "lib").exists()
+
+
 def test_8k_frames_are_scaled_in_the_decoder(tmp_path):
     frame = np.asarray(Image.fromarray(object_crop("coffee")).resize((7680, 4320)))
     path = write_video(tmp_path / "8k.mp4", [frame, frame], Fraction(2))

@@ -90,6 +90,9 @@ def index(
         table.add_row(Path(r.path).name, f"[{colour}]{r.status}[/]", str(r.frames), str(r.regions),
                       f"{r.seconds:.1f}" if r.seconds else "", r.note)
     err.print(table)
+    for r in reports:
+        if r.status == "failed":
+            err.print(f"[bold red]error:[/] {r.note}", highlight=False, soft_wrap=True)
     if any(r.status == "failed" for r in reports):
         raise typer.Exit(1)
 

@@ -131,6 +131,10 @@ def probe(path: str | Path) -> VideoInfo:
     try:
         stream = container.streams.video[0]
         ctx = stream.codec_context
+        if ctx is None or not ctx.name:
+            tag = getattr(stream, "codec_tag", "") or "unknown"
+            raise InputError(f"{path}: its video codec ({tag}) is not supported by this FFmpeg build: "
+                             "transcode it (e.g. ffmpeg -i in -c:v libx264 out.mp4)")
         fmt = container.format.name or ""
         if fmt.endswith("_pipe") or fmt in ("image2", "gif") and (stream.frames or 0) <= 1:
             raise InputError(f"{path} is a still image, not a video: to search with it, use find --query {path.name}")
