@@ -46,7 +46,8 @@ def crop_box(image: np.ndarray, box, pad: float = 0.1) -> np.ndarray:
 
 
 def contact_sheet(tiles: list[tuple[np.ndarray, str]], columns: int = 4, tile: int = 240) -> Image.Image:
-    """Crops with captions in a grid."""
+    """Crops with captions in a grid (no wider than the number of crops)."""
+    columns = max(1, min(columns, len(tiles)))
     rows = max(1, (len(tiles) + columns - 1) // columns)
     caption = 28
     sheet = Image.new("RGB", (columns * tile, rows * (tile + caption)), (24, 24, 24))
