@@ -36,9 +36,10 @@ def main() -> None:
     for m in args.method:
         cmd += ["--method", m]
     start = time.time()
-    proc = subprocess.run([sys.executable, "-m", "vidsearch"] + cmd[1:], capture_output=True, text=True)
+    # progress bars go to our stderr; the JSON comes back on stdout
+    proc = subprocess.run([sys.executable, "-m", "vidsearch"] + cmd[1:], stdout=subprocess.PIPE, text=True)
     if proc.returncode != 0:
-        sys.exit(proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "vidsearch eval failed")
+        sys.exit("vidsearch eval failed (its error is above)")
     result = json.loads(proc.stdout)
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(result, indent=2))
