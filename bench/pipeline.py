@@ -163,6 +163,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--end-to-end", action="store_true", help="also index each video with the full pipeline")
     ap.add_argument("--search-sizes", type=float, nargs="*", default=[1e6])
+    ap.add_argument("--search-index", default="auto", choices=["auto", "flat", "ivf"],
+                    help="auto: IVF4096,SQ8 from 2M regions, as the library does")
     ap.add_argument("--json")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vidsearch-bench-"))
@@ -188,7 +190,7 @@ def main() -> None:
             report["videos"].append(row)
             print(json.dumps(row), file=sys.stderr)
         report["writes"] = bench_writes(tmp)
-        report["search"] = [bench_search(int(n)) for n in args.search_sizes]
+        report["search"] = [bench_search(int(n), kind=args.search_index) for n in args.search_sizes]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     lines = ["| video | decode sampled frames/s | decode x realtime | engine frames/s | end-to-end s | end-to-end frames/s |",
