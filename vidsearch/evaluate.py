@@ -295,7 +295,8 @@ def run_region_method(spec: MethodSpec, base: Preset, seqs, proto, device: str, 
     return Scored(scores, boxes, len(frame) / max(1, n_ref), n_ref / max(seconds, 1e-9))
 
 
-def run_baseline(method: str, base: Preset, seqs, proto, device: str, batch: int, cache: dict, progress=None) -> Scored:
+def run_baseline(method: str, base: Preset, seqs, proto, device: str, batch: int, cache: dict, progress=None,
+                 whiten: bool = True) -> Scored:
     from .dasr.engine import Engine
 
     if "engine" not in cache:
@@ -328,18 +329,20 @@ def run_baseline(method: str, base: Preset, seqs, proto, device: str, batch: int
         crop = img[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]
         queries.append(global_descriptors(last_conv(crop[None])[0], method))
     if method == "rmac":
-        w = _pca_whiten(np.concatenate([np.stack(d) for d in descs]))
+        w = _pca_whiten(np.concatenate([np.stack(d) for d in descs])) if whiten else None
 
         def agg(regional):
-            return l2n(w.apply(l2n(np.stack(regional))).sum(0))
+            r = l2n(np.stack(regional))
+            return l2n((w.apply(r) if w is not None else r).sum(0))
 
         refs = np.stack([agg(d) for d in descs])
         q = np.stack([agg(d) for d in queries])
     else:
         refs = l2n(np.stack(descs))
         q = l2n(np.stack(queries))
-        w = _pca_whiten(refs)
-        refs, q = w.apply(refs), w.apply(q)
+        if whiten:
+            w = _pca_whiten(refs)
+            refs, q = w.apply(refs), w.apply(q)
     scores = (q @ refs.T).astype(np.float32)
     boxes = np.zeros((len(q), len(refs), 4), dtype=np.float32)
     for r, (h, wd) in enumerate(sizes):
@@ -395,7 +398,7 @@ def evaluate(data: str | Path, methods: list[str] | None = None, preset: str = "
     for spec in specs:
         tick = progress(spec.name, len(proto.references)) if progress else None
         if spec.base in BASELINES:
-            scored = run_baseline(spec.base, base, seqs, proto, dev, batch, cache, tick)
+            scored = run_baseline(spec.base, base, seqs, proto, dev, batch, cache, tick, spec.whiten)
         else:
             scored = run_region_method(spec, base, seqs, proto, dev, batch, cache, tick)
         results[spec.name] = metrics(scored, seqs, proto)
