@@ -187,7 +187,7 @@ def export(
 @friendly
 def eval_(
     data: Path = typer.Argument(..., help="Directory of sequences: <name>/img/*.jpg + <name>/groundtruth.txt."),
-    method: List[str] = typer.Option([], "--method", "-m", help="dasr, dasr*, dasr-m, dasr-m*, mac, spoc, rmac, crow; suffixes :official :nowhiten :feat=LAYER :peak=LAYER"),
+    method: List[str] = typer.Option([], "--method", "-m", help="dasr, dasr*, dasr-m, dasr-m*, mac, spoc, rmac, crow; suffixes :official :whiten :nowhiten :feat=LAYER :peak=LAYER"),
     preset: str = typer.Option("default", "--preset", "-p"),
     device: str = DEVICE,
     stride: int = typer.Option(4, "--stride", help="Reference frame step (5, 9, 13, ... for 4)."),

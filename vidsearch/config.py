@@ -51,7 +51,7 @@ class Preset:
     stop: str = "input"
     dtype: str = "fp32"
     pooling: str = "avg"
-    whiten: bool = True
+    whiten: bool = False  # measured on instance-dev: learned whitening hurt (bench/RESULTS.md)
     whiten_dims: int = 0  # 0 = keep all dimensions
     whiten_min_regions: int = 2000  # learn whitening once the library has this many
     sample_fps: float = 1.0

@@ -177,7 +177,7 @@ class MethodSpec:
     name: str
     base: str
     official: bool = False
-    whiten: bool = True
+    whiten: bool | None = None  # None: region methods follow the preset, baselines whiten (as published)
     peak_layer: str = ""
     feature_layer: str = ""
 
@@ -186,13 +186,15 @@ class MethodSpec:
         base, *opts = text.split(":")
         if base not in REGION_METHODS + BASELINES:
             raise InputError(f"unknown method {base!r}: use {', '.join(REGION_METHODS + BASELINES)} "
-                             "with optional suffixes :official :nowhiten :feat=LAYER :peak=LAYER")
+                             "with optional suffixes :official :whiten :nowhiten :feat=LAYER :peak=LAYER")
         spec = cls(text, base)
         for o in opts:
             if o == "official":
                 spec.official = True
             elif o == "nowhiten":
                 spec.whiten = False
+            elif o == "whiten":
+                spec.whiten = True
             elif o.startswith("feat="):
                 spec.feature_layer = o[5:]
             elif o.startswith("peak="):
@@ -275,7 +277,7 @@ def run_region_method(spec: MethodSpec, base: Preset, seqs, proto, device: str, 
         raw_q.append(engine.describe(img, box))
         engine.preset = engine.preset.replace(pooling="avg")
     q = np.stack(raw_q)
-    if spec.whiten:
+    if spec.whiten if spec.whiten is not None else base.whiten:
         w = Whitening.fit(vectors, shrink=1e-3)
         vectors, q = w.apply(vectors), w.apply(q)
     sims = q @ vectors.T  # (Q, N regions)
@@ -398,7 +400,7 @@ def evaluate(data: str | Path, methods: list[str] | None = None, preset: str = "
     for spec in specs:
         tick = progress(spec.name, len(proto.references)) if progress else None
         if spec.base in BASELINES:
-            scored = run_baseline(spec.base, base, seqs, proto, dev, batch, cache, tick, spec.whiten)
+            scored = run_baseline(spec.base, base, seqs, proto, dev, batch, cache, tick, spec.whiten is not False)
         else:
             scored = run_region_method(spec, base, seqs, proto, dev, batch, cache, tick)
         results[spec.name] = metrics(scored, seqs, proto)
