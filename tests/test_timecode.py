@@ -68,6 +68,6 @@ def test_parse_time():
     assert parse_time("12.5") == 12.5
     assert parse_time("1:02.5") == 62.5
     assert parse_time("00:00:05:12", Fraction(24)) == pytest.approx(5.5)
-    for bad in ("-3", "soon", "00:61:00:00"):
+    for bad in ("-3", "soon", "00:61:00:00", "inf", "nan", "1e999"):
         with pytest.raises(InputError):
             parse_time(bad, Fraction(24))

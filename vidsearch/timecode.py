@@ -6,6 +6,7 @@ Rates are exact fractions (24000/1001, never 23.976). 23.976 is never drop-frame
 
 from __future__ import annotations
 
+import math
 import re
 from fractions import Fraction
 
@@ -112,8 +113,8 @@ def parse_time(text: str, rate: Fraction | None = None) -> float:
     except ValueError:
         value = None
     if value is not None:
-        if value < 0:
-            raise InputError(f"time {text!r} is negative: give seconds >= 0")
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"time {text!r} is not a number of seconds >= 0")
         return value
     if re.fullmatch(r"\d{1,2}:\d{2}:\d{2}[:;]\d{2}", text):
         if rate is None:
