@@ -151,7 +151,7 @@ def _print_segments(data: dict, frames: dict, previews: bool) -> None:
         return
     table = Table(title=f"{len(segs)} segments · threshold {data['query']['threshold']:.3f}")
     for col in ("#", "video", "start – end", "score", "best box (x1,y1,x2,y2)", "frames"):
-        table.add_column(col, no_wrap=col != "video", min_width=10 if col == "video" else None,
+        table.add_column(col, no_wrap=col in ("#", "start – end", "score"), min_width=10 if col == "video" else None,
                          overflow="fold")
     show = previews and bool(frames)
     if show:
