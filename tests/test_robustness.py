@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from vidsearch import api
 from vidsearch.cli import app
-from vidsearch.errors import InputError, LibraryError, VidsearchError, WeightsError
+from vidsearch.errors import InputError
 from vidsearch.library import Library
 from vidsearch.sample import make_sample, object_crop, render_frames, write_video
 

@@ -176,9 +176,8 @@ def _extract_and_commit(lib, engine, path, info, source, sampler, batch, vid, on
         regions = engine.extract(np.stack(images))
         fh, fw = images[0].shape[:2]
         scale = np.array([info.width / fw, info.height / fh] * 2, dtype=np.float32)
-        for j, f in enumerate(group):
-            frames_idx.append(f.index)
-            frames_t.append(f.time)
+        frames_idx += [f.index for f in group]
+        frames_t += [f.time for f in group]
         parts["frame"].append(np.array([group[j].index for j in regions.frame], dtype=np.int64))
         parts["time"].append(np.array([group[j].time for j in regions.frame], dtype=np.float64))
         parts["box"].append(regions.boxes * scale)
@@ -357,7 +356,7 @@ def write_overlays(segments, frames: dict[int, np.ndarray], out_dir: str | Path)
         if i not in frames:
             continue
         d = seg.to_dict()
-        label = f"#{i + 1} {d['score']:.2f} {d['best_tc'] if 'best_tc' in d else d['start_tc']}"
+        label = f"#{i + 1} {d['score']:.2f} {d['start_tc']}"
         name = f"segment-{i + 1:03d}_{Path(seg.video.path).stem[:40]}_{d['start_tc'].replace(':', '-').replace(';', '-')}.png"
         written.append(save_png(draw_box(frames[i], seg.best.box, label), out_dir / name))
         tiles.append((crop_box(frames[i], seg.best.box, pad=0.25), f"#{i + 1} {d['start_tc']} {d['score']:.2f}"))

@@ -531,7 +531,6 @@ class Library:
         """Invariants a crash must never break; returns what is wrong (empty = consistent)."""
         problems = []
         done = self.videos()
-        ids = {v.id for v in done}
         for v in done:
             try:
                 with np.load(self.shard_path(v.id)) as z:

@@ -409,8 +409,6 @@ def read_frame_at(path: str | Path, seconds: float, decoder: str = "pyav") -> Fr
 def grab_frame(path: str | Path, time: float, index: int, info: VideoInfo | None = None) -> np.ndarray:
     """The full-resolution, upright frame `index` (at `time`): seek to the keyframe before it
     and decode forward; files without usable timestamps are decoded from the start."""
-    import av
-
     info = info or probe(path)
     period = 1.0 / float(info.fps)
     container = _open(Path(path))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -27,11 +27,6 @@ class Regions:
     scores: np.ndarray  # (N,) X̄ at the seed
     vectors: np.ndarray  # (N, D) L2-normalised raw descriptors (not whitened)
     extra: np.ndarray | None = None  # the same regions pooled the other way, when asked for
-
-    @classmethod
-    def empty(cls, dim: int) -> "Regions":
-        return cls(np.zeros(0, np.int64), np.zeros((0, 4), np.float32), np.zeros(0, np.float32),
-                   np.zeros((0, dim), np.float32))
 
 
 def resolve_device(device: str = "auto") -> torch.device:

@@ -163,7 +163,7 @@ class Tape:
 
     def backprop(self, frame: int, seeds: torch.Tensor) -> torch.Tensor:
         """Seeds (K, C, h, w) at the peak layer of `frame` -> maps (K, H, W) at input size."""
-        graph, ops, rules = self.graph, self.graph.ops, self.rules
+        graph, ops = self.graph, self.graph.ops
         stop = self.stop_index()
         f = slice(frame, frame + 1)
         prob: dict[int, torch.Tensor] = {graph.peak: seeds.to(self.dtype)}
@@ -203,7 +203,7 @@ class Tape:
         return maps
 
     def _add_rule(self, i, op, p, f, give, ratio) -> None:
-        ops, rule = self.graph.ops, self.rules.residual
+        rule = self.rules.residual
         if rule == "copy":
             for j in op.inputs:
                 give(j, p)
