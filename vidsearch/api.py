@@ -146,13 +146,12 @@ def _engine(preset: Preset, device: str, weights: str | None):
     return Engine(preset, device, weights)
 
 
-def index_video(lib: Library, engine, path: Path, sampler: Sampler, batch: int, decoder: str,
+def index_video(lib: Library, engine, path: Path, info, key: str, sampler: Sampler, batch: int, decoder: str,
                 on_progress=None, replaces: int | None = None, stop_after: int | None = None,
                 decode_workers: int = 1) -> IndexReport:
-    """Decode, extract and commit one video (the caller holds the writer lock)."""
+    """Decode, extract and commit one video, already probed (`info`) and hashed (`key`);
+    the caller holds the writer lock."""
     start = time.perf_counter()
-    info = probe(path)
-    key = content_key(path)
     source = open_source(path, decoder, engine.preset.long_side, info=info, workers=decode_workers)
     vid = lib.begin_video(path, key, info)
     try:
@@ -240,7 +239,6 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
     lib = Library.open(root, create=True)
     reports: list[IndexReport] = []
     engine = None
-    committed = False
     try:
         with lib.writer(wait):
             chosen = resolve_preset(lib, preset)
@@ -263,17 +261,15 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
                         lib.adopt_preset(chosen)
                     expected = (info.frame_count // every_n + 1) if every_n else int(info.duration * sample_fps) + 1
                     tick = progress(path, expected) if progress else None
-                    reports.append(index_video(lib, engine, path, sampler, batch, decoder, tick,
+                    reports.append(index_video(lib, engine, path, info, key, sampler, batch, decoder, tick,
                                                replaces=same_path.id if same_path else None, stop_after=stop_after,
                                                decode_workers=decode_workers))
                 except InputError as exc:
                     reports.append(IndexReport(str(path), "failed", note=str(exc)))
             if any(r.status in ("indexed", "replaced") for r in reports) or lib.meta("preset"):
                 lib.refresh(lib.preset() or chosen)
-            committed = bool(lib.videos())
     finally:
-        if not committed:
-            committed = bool(lib._db and lib.videos())
+        committed = bool(lib.videos())
         lib.close()
         if created and not committed:  # a first index that added nothing leaves no library behind
             import shutil

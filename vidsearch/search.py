@@ -125,14 +125,18 @@ def retrieve(index, q: np.ndarray, min_score: float, max_regions: int = 200_000,
         k = min(index.ntotal, k * 4, max_regions)
 
 
-def frame_hits(lib: Library, scores: np.ndarray, ids: np.ndarray) -> dict[int, dict[int, Hit]]:
-    """Best region per (video, frame), with its box, from the region hits."""
+SEARCH_FIELDS = ("frame", "time", "box", "sample_frame", "sample_time")
+
+
+def frame_hits(shards: dict[int, dict[str, np.ndarray]], scores: np.ndarray, ids: np.ndarray) -> dict[int, dict[int, Hit]]:
+    """Best region per (video, frame), with its box, from the region hits; `shards` holds the
+    region tables of the videos hit."""
     out: dict[int, dict[int, Hit]] = {}
     vids = (ids >> 32).astype(np.int64)
     rows = (ids & 0xFFFFFFFF).astype(np.int64)
     for vid in np.unique(vids):
         sel = vids == vid
-        shard = lib.load_shard(int(vid), ("frame", "time", "box"))
+        shard = shards[int(vid)]
         per = out.setdefault(int(vid), {})
         for score, row in zip(scores[sel], rows[sel]):  # best first, so the first per frame wins
             frame = int(shard["frame"][row])
@@ -179,16 +183,17 @@ def search(lib: Library, index, q: np.ndarray, top: int = 20, min_score: float |
     if exact is not None:
         import faiss
 
-        faiss.extract_index_ivf(index.index).nprobe = (lib.preset().nprobe if lib.preset() else 32)
+        preset = lib.preset()
+        faiss.extract_index_ivf(index.index).nprobe = preset.nprobe if preset else 32
     threshold = auto_threshold(index, q, exact) if min_score is None else min_score
     scores, ids = retrieve(index, q, threshold, exact=exact)
-    per_video = frame_hits(lib, scores, ids)
+    shards = {int(v): lib.load_shard(int(v), SEARCH_FIELDS) for v in np.unique(ids >> 32)}
     segments: list[Segment] = []
-    for vid, hits in per_video.items():
+    for vid, hits in frame_hits(shards, scores, ids).items():
         video = lib.video(vid)
         if video is None:
             continue
-        shard = lib.load_shard(vid, ("sample_frame", "sample_time"))
+        shard = shards[vid]
         segments.extend(group_segments(video, hits, shard["sample_frame"], shard["sample_time"], bridge))
     segments.sort(key=lambda s: -s.score)
     return SearchResult(segments[:top] if top else segments, threshold, index.ntotal, len(ids))

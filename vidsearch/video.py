@@ -36,6 +36,7 @@ class VideoInfo:
     has_pts: bool = True
     start_tc: str | None = None  # the media's own start timecode, when the container has one
     vfr: bool = False
+    first_pts: int = 0  # pts of the first frame: media time counts from it
 
 
 @dataclass
@@ -107,9 +108,10 @@ def _fraction(rate) -> Fraction | None:
     return f if f > 0 else None
 
 
-def _first_frames(container, n: int = 24) -> tuple[int, bool]:
-    """Rotation (degrees clockwise to turn frames upright, from the display matrix) and whether
-    presentation timestamps are usable (present and increasing), from the first frames."""
+def _first_frames(container, n: int = 24) -> tuple[int, bool, int]:
+    """Rotation (degrees clockwise to turn frames upright, from the display matrix), whether
+    presentation timestamps are usable (present and increasing), and the first frame's pts,
+    from the first frames."""
     rotation, pts = 0, []
     try:
         for i, frame in enumerate(container.decode(video=0)):
@@ -121,7 +123,7 @@ def _first_frames(container, n: int = 24) -> tuple[int, bool]:
     except Exception:
         pass
     usable = bool(pts) and None not in pts and all(b > a for a, b in zip(pts, pts[1:]))
-    return rotation, usable
+    return rotation, usable, pts[0] if usable else 0
 
 
 def probe(path: str | Path) -> VideoInfo:
@@ -155,12 +157,12 @@ def probe(path: str | Path) -> VideoInfo:
             tc = tc or other.metadata.get("timecode")
         vfr = bool(stream.guessed_rate and stream.average_rate and
                    abs(float(stream.guessed_rate) - float(stream.average_rate)) > 0.01)
-        rotation, has_pts = _first_frames(container)
+        rotation, has_pts, first_pts = _first_frames(container)
         width, height = ctx.width, ctx.height
         if rotation in (90, 270):
             width, height = height, width
         return VideoInfo(path, width, height, fps, frames, duration, ctx.name, rotation,
-                         has_pts, tc, vfr)
+                         has_pts, tc, vfr, first_pts)
     finally:
         container.close()
 
@@ -418,14 +420,12 @@ def grab_frame(path: str | Path, time: float, index: int, info: VideoInfo | None
         if info.has_pts and stream.time_base:
             container.seek(max(0, int((time - 1.0) / float(stream.time_base))) + (stream.start_time or 0),
                            stream=stream, backward=True, any_frame=False)
-            first = None
             last = None
             for frame in container.decode(stream):
                 if frame.pts is None:
                     continue
                 # Times are counted from the stream's first frame, as when indexing.
-                first = _first_pts(path) if first is None else first
-                t = float((frame.pts - first) * stream.time_base)
+                t = float((frame.pts - info.first_pts) * stream.time_base)
                 last = frame
                 if t >= time - period / 2:
                     break
@@ -438,12 +438,3 @@ def grab_frame(path: str | Path, time: float, index: int, info: VideoInfo | None
         container.close()
     raise InputError(f"frame {index} of {path} cannot be decoded any more (was the file changed?)")
 
-
-def _first_pts(path: str | Path) -> int:
-    import av
-
-    with av.open(str(path)) as c:
-        for frame in c.decode(video=0):
-            if frame.pts is not None:
-                return frame.pts
-    return 0
