@@ -202,10 +202,10 @@ def test_second_writer_is_told_who_holds_the_lock(world, tmp_path):
     lib = tmp_path / "lib"
     shutil.copytree(world["lib"], lib)
     holder = Library.open(lib)
-    holder.acquire()
     try:
-        result = runner.invoke(app, ["index", str(world["video"]), "-l", str(lib)])
-        assert result.exit_code == 3 and "being written by pid" in result.output
+        with holder.writer():
+            result = runner.invoke(app, ["index", str(world["video"]), "-l", str(lib)])
+            assert result.exit_code == 3 and "being written by pid" in result.output
     finally:
         holder.close()
     assert "unchanged" in run("index", world["video"], "-l", lib).output

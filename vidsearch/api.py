@@ -11,7 +11,7 @@ import numpy as np
 
 from .config import Preset, load_preset
 from .errors import InputError, LibraryError, VidsearchError
-from .library import Library, content_key
+from .library import REGION_FIELDS, Library, content_key
 from .search import SearchResult, fuse, search
 from .video import Sampler, open_source, probe, read_ahead, read_frame_at
 
@@ -152,7 +152,10 @@ def index_video(lib: Library, engine, path: Path, info, key: str, sampler: Sampl
     """Decode, extract and commit one video, already probed (`info`) and hashed (`key`);
     the caller holds the writer lock."""
     start = time.perf_counter()
-    source = open_source(path, decoder, engine.preset.long_side, info=info, workers=decode_workers)
+    from .dasr.views import decode_long_side
+
+    long_side = decode_long_side(info.width, info.height, engine.preset)
+    source = open_source(path, decoder, long_side, info=info, workers=decode_workers)
     vid = lib.begin_video(path, key, info)
     try:
         return _extract_and_commit(lib, engine, path, info, source, sampler, batch, vid, on_progress,
@@ -168,11 +171,11 @@ def index_video(lib: Library, engine, path: Path, info, key: str, sampler: Sampl
 def _extract_and_commit(lib, engine, path, info, source, sampler, batch, vid, on_progress, replaces,
                         stop_after, start) -> IndexReport:
     frames_idx, frames_t = [], []
-    parts = {k: [] for k in ("frame", "time", "box", "score", "desc")}
+    parts = {k: [] for k in REGION_FIELDS}
     done = 0
     for group in read_ahead(source.frames(sampler), batch):
         images = [f.image for f in group]
-        regions = engine.extract(np.stack(images))
+        regions = engine.extract_views(np.stack(images))
         fh, fw = images[0].shape[:2]
         scale = np.array([info.width / fw, info.height / fh] * 2, dtype=np.float32)
         frames_idx += [f.index for f in group]
@@ -182,6 +185,8 @@ def _extract_and_commit(lib, engine, path, info, source, sampler, batch, vid, on
         parts["box"].append(regions.boxes * scale)
         parts["score"].append(regions.scores)
         parts["desc"].append(regions.vectors.astype(np.float16))
+        parts["level"].append(regions.level)
+        parts["kind"].append(regions.kind)
         done += len(group)
         if on_progress:
             on_progress(len(group))
@@ -370,10 +375,7 @@ def status(library: str | None = None) -> dict:
         good, bad = lib.readable_videos()
         preset = lib.preset()
         w = lib.whitening()
-        manifest = lib._read_manifest() or {}
-        index_file = lib.index_dir / manifest.get("file", "-")
-        current = manifest.get("videos") == {str(v.id): v.regions for v in good} and \
-            manifest.get("whitening") == (w.version if w else 0)
+        current, index_bytes = lib.index_state()
         return {
             "library": str(lib.root),
             "preset": preset.name if preset else None,
@@ -386,7 +388,7 @@ def status(library: str | None = None) -> dict:
             "frames": sum(v.frames for v in good),
             "regions": sum(v.regions for v in good),
             "whitening": {"version": w.version, "fitted_on": w.fitted_on, "dims": int(w.proj.shape[0])} if w else None,
-            "index": {"current": bool(current), "bytes": index_file.stat().st_size if index_file.is_file() else 0},
+            "index": {"current": current, "bytes": index_bytes},
         }
     finally:
         lib.close()

@@ -1,0 +1,79 @@
+"""Per-video shards (`shards/v<ID>.npz`): the sampled frames and the region table (frame, time,
+box, score, level, kind) with raw L2-normalised descriptors as float16 — the truth the FAISS
+index is rebuilt from."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import LibraryError
+from .files import atomic_path
+
+REQUIRED_FIELDS = ("frame", "time", "box", "score", "desc", "sample_frame", "sample_time")
+# Fields shards written before views existed lack: what they mean there (level 1, salient region).
+OPTIONAL_FIELDS = {"level": np.int8(1), "kind": np.int8(0)}
+SHARD_FIELDS = REQUIRED_FIELDS + tuple(OPTIONAL_FIELDS)
+REGION_FIELDS = ("frame", "time", "box", "score", "desc", "level", "kind")  # one row per region
+
+
+class Shards:
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+
+    def path(self, video_id: int) -> Path:
+        return self.dir / f"v{video_id}.npz"
+
+    def write(self, video_id: int, arrays: dict[str, np.ndarray]) -> Path:
+        self.dir.mkdir(exist_ok=True)
+        missing = set(REQUIRED_FIELDS) - set(arrays)
+        assert not missing, missing
+        arrays = {**{k: np.full(len(arrays["frame"]), v) for k, v in OPTIONAL_FIELDS.items()}, **arrays}
+        path = self.path(video_id)
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, **arrays)
+        return path
+
+    def load(self, video_id: int, fields: tuple[str, ...] = SHARD_FIELDS) -> dict[str, np.ndarray]:
+        path = self.path(video_id)
+        try:
+            with np.load(path) as z:
+                out = {k: z[k] for k in fields if k in z.files or k not in OPTIONAL_FIELDS}
+                rows = len(z["frame"]) if any(k not in out for k in fields) else 0
+        except Exception as exc:
+            raise LibraryError(f"shard of video {video_id} ({path.name}) is unreadable ({type(exc).__name__}): "
+                               "run `vidsearch index` on that video again") from None
+        for k in fields:
+            if k not in out:
+                out[k] = np.full(rows, OPTIONAL_FIELDS[k])
+        return out
+
+    def rows(self, video_id: int) -> int:
+        """Rows of a shard's descriptors, from the .npy header alone (not the array)."""
+        with zipfile.ZipFile(self.path(video_id)) as zf, zf.open("desc.npy") as f:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            return read_header(f)[0][0]
+
+    def check(self, video_id: int, regions: int, frames: int) -> list[str]:
+        """What is wrong with one shard against its catalog row (empty = consistent)."""
+        try:
+            z = self.load(video_id)
+        except LibraryError:
+            return [f"video {video_id}: shard unreadable"]
+        n = {k: len(z[k]) for k in SHARD_FIELDS}
+        problems = []
+        if len({n[k] for k in REGION_FIELDS}) != 1 or n["desc"] != regions:
+            problems.append(f"video {video_id}: shard rows {n} do not match the catalog's {regions} regions")
+        if n["sample_frame"] != frames:
+            problems.append(f"video {video_id}: {n['sample_frame']} sampled frames, catalog says {frames}")
+        return problems
+
+    def ids_on_disk(self) -> list[int]:
+        if not self.dir.is_dir():
+            return []
+        return [int(p.stem[1:]) for p in self.dir.glob("v*.npz") if p.stem[1:].isdigit()]
