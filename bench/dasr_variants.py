@@ -1,0 +1,119 @@
+"""DASR* variants side by side on the same real frames: speed, regions per frame, and how well
+each variant's boxes agree with the first variant's (today's default).
+
+    python bench/dasr_variants.py ../shared/data/instance-dev --frames 24 --device cpu \
+        --variant default --variant default:prefilter=stride16 --variant dasr
+
+A variant is a preset name (or .toml) with optional `:KEY=VALUE` overrides. Box agreement is,
+for every region of the reference variant, the best IoU among the variant's regions on the same
+frame, averaged (1.0 = every reference box is reproduced). Frames are spread evenly over the
+sequences of an Instance-style data set (<seq>/img/*.jpg). --append-results adds the table to
+bench/RESULTS.md with the command, date, device and commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vidsearch.api import load_image
+from vidsearch.config import load_preset, preset_from_dict
+from vidsearch.dasr.engine import Engine
+from vidsearch.evaluate import load_sequences
+
+HERE = Path(__file__).resolve().parent
+
+
+def variant_preset(text: str):
+    name, *overrides = text.split(":")
+    data = load_preset(name).to_dict()
+    for o in overrides:
+        key, _, value = o.partition("=")
+        data[key] = value
+    return preset_from_dict(data)
+
+
+def pick_frames(data: str, n: int) -> list[np.ndarray]:
+    seqs = load_sequences(data)
+    per = max(1, -(-n // len(seqs)))
+    out = []
+    for s in seqs:
+        idx = np.linspace(0, len(s.frames) - 1, per).round().astype(int)
+        out += [load_image(s.frames[i]) for i in idx]
+    return out[:n]
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    from torchvision.ops import box_iou as tv_iou
+
+    return tv_iou(torch.from_numpy(a).float(), torch.from_numpy(b).float()).numpy()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("data")
+    ap.add_argument("--frames", type=int, default=24)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--variant", action="append", default=[])
+    ap.add_argument("--append-results", action="store_true")
+    args = ap.parse_args()
+    variants = args.variant or ["default", "default:prefilter=stride8", "default:prefilter=stride16"]
+    frames = pick_frames(args.data, args.frames)
+    rows, reference = [], None
+    for text in variants:
+        engine = Engine(variant_preset(text), args.device)
+        engine.extract(frames[0][None])  # warm-up
+        engine.timings.clear()
+        per_frame, seconds = [], 0.0
+        for img in frames:
+            t0 = time.perf_counter()
+            r = engine.extract(img[None])
+            if engine.device.type == "cuda":
+                torch.cuda.synchronize()
+            seconds += time.perf_counter() - t0
+            per_frame.append(r.boxes)
+        row = {"variant": text, "s_per_frame": seconds / len(frames),
+               "regions_per_frame": float(np.mean([len(b) for b in per_frame]))}
+        for stage, s in engine.timings.items():
+            row[f"{stage}_s"] = s / len(frames)
+        if reference is None:
+            reference = per_frame
+        else:
+            best = [box_iou(ref, mine).max(1) if len(mine) else np.zeros(len(ref))
+                    for ref, mine in zip(reference, per_frame) if len(ref)]
+            row["box_iou_vs_first"] = float(np.mean(np.concatenate(best)))
+        rows.append(row)
+        print(row, file=sys.stderr)
+    base = rows[0]["s_per_frame"]
+    for row in rows:
+        row["speedup"] = base / row["s_per_frame"]
+    cols = ["s_per_frame", "speedup", "regions_per_frame", "box_iou_vs_first", "forward_s", "prefilter_s", "backprop_s"]
+    lines = ["| variant | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for row in rows:
+        lines.append(f"| {row['variant']} | " + " | ".join(f"{row[c]:.3f}" if c in row else "-" for c in cols) + " |")
+    table = "\n".join(lines)
+    print(table)
+    if args.append_results:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=HERE).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               cwd=HERE).stdout.strip()
+        cmd = shlex.join(["python", "bench/dasr_variants.py"] + sys.argv[1:])
+        head = (f"## DASR* variants on real frames, {Engine(variant_preset(variants[0]), args.device).device.type} "
+                f"({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)\n\n"
+                f"- command: `{cmd}`\n- date: {datetime.date.today().isoformat()}, commit {commit}"
+                f"{' (uncommitted changes)' if dirty else ''}; {len(frames)} frames of {args.data}\n\n")
+        with (HERE / "RESULTS.md").open("a") as f:
+            f.write(head + table + "\n\n")
+
+
+if __name__ == "__main__":
+    main()
