@@ -103,3 +103,72 @@ def test_evaluate_end_to_end_on_tiny_data(tiny_data):
     # (without whitening: learned from ~40 regions it is noise, measured 0.84 vs 1.0).
     assert r["methods"]["dasr:nowhiten"]["map@all"] > 0.9
     assert r["methods"]["mac"]["miou"] < r["methods"]["dasr"]["miou"]  # whole-frame boxes localise worse
+
+
+def _seq(name, instance, boxes, size=(100, 100)):
+    from pathlib import Path
+
+    from vidsearch.evaluate import Sequence
+
+    return Sequence(name, [Path(f"{name}{i}.jpg") for i in range(len(boxes))], boxes, instance, size)
+
+
+def test_cross_scene_counts_other_scenes_and_leaves_out_its_own():
+    big, small = (0, 0, 50, 50), (0, 0, 5, 5)  # 25 % and 0.25 % of a 100x100 frame
+    seqs = [_seq("cup_a", "cup", [big, big, big]), _seq("cup_b", "cup", [small, small, None]),
+            _seq("cat_a", "cat", [big, big, big])]
+    proto = make_protocol(seqs, stride=1, kind="cross-scene")
+    assert proto.queries == [(0, 0), (1, 0)]  # the cat appears in one scene only: no query, still a distractor
+    relevant, left_out = proto.judgements(seqs, 0)
+    refs = proto.references  # (0,1) (0,2) (1,1) (1,2) (2,1) (2,2)
+    assert [refs[i] for i in np.nonzero(relevant)[0]] == [(1, 1)]  # the other scene, where the cup is
+    assert [refs[i] for i in np.nonzero(left_out)[0]] == [(0, 1), (0, 2)]  # its own scene
+    with pytest.raises(InputError, match="cross-scene"):
+        make_protocol([seqs[2]], kind="cross-scene")
+
+
+def test_size_buckets_leave_out_the_other_buckets_positives():
+    from vidsearch.evaluate import Scored, metrics, size_bucket
+
+    assert [size_bucket(f) for f in (0.001, 0.02, 0.5)] == ["<1%", "1-5%", ">5%"]
+    big, small = (0, 0, 50, 50), (0, 0, 5, 5)
+    seqs = [_seq("cup", "cup", [big, small, big, small]), _seq("other", "other", [big] * 4)]
+    proto = make_protocol(seqs, stride=1)  # references: cup 1-3, other 1-3
+    # cup's ranking: other1, cup1(small), cup2(big), ...: the small one is found first, the big one second
+    scores = np.array([[0.8, 0.7, 0.6, 0.9, 0.1, 0.1], [0.5] * 6], dtype=np.float32)
+    boxes = np.zeros((2, 6, 4), np.float32)
+    boxes[0, 0] = small  # a perfect box on the small target, none elsewhere
+    m = metrics(Scored(scores, boxes, 1.0, 1.0), seqs, proto)
+    b = m["buckets"]
+    assert b["<1%"]["references"] == 2 and b[">5%"]["references"] == 4 and b["1-5%"]["queries"] == 0
+    assert b["<1%"]["queries"] == 1 and b[">5%"]["queries"] == 2
+    # small bucket for the cup query: ranking other1 (0.9), cup1 (0.8), [cup2 left out], cup3 (0.6): AP = (1/2 + 2/3)/2
+    assert b["<1%"]["map@all"] == pytest.approx((1 / 2 + 2 / 3) / 2, abs=1e-3)
+    # cup: its big target second (1/2); other: ties rank its targets after the cup's frames
+    assert b[">5%"]["map@all"] == pytest.approx(np.mean([1 / 2, (1 / 4 + 2 / 5 + 3 / 6) / 3]), abs=1e-3)
+    assert b["<1%"]["loc_recall@0.5"] == 0.5 and b["<1%"]["miou"] == pytest.approx(0.5)
+
+
+def test_generated_small_object_set_has_the_objects_where_the_truth_says(tmp_path):
+    from vidsearch.testsets import write_set
+
+    specs = write_set(tmp_path, size=(320, 180), sizes=[16, 90], objects=["cup", "logo"], frames=5)
+    seqs = load_sequences(tmp_path)
+    assert len(seqs) == len(specs) == 4 and {s.instance for s in seqs} == {"cup", "logo"}
+    assert all(s.size == (320, 180) for s in seqs)
+    for s in seqs:
+        px = max(b[2] - b[0] for b in s.boxes if b)
+        assert px in range(int(min(16, 90) * 0.85), int(90 * 1.15) + 1)
+        x1, y1, x2, y2 = (int(v) for v in s.boxes[0])
+        assert 0 <= x1 < x2 <= 320 and 0 <= y1 < y2 <= 180
+    # each object is in two scenes: the cross-scene protocol has a query per sequence
+    proto = make_protocol(seqs, stride=2, kind="cross-scene", query_mode="crop")
+    assert len(proto.queries) == 4 and proto.query_mode == "crop"
+    # a cup pasted at 90 px over a textured scene: its colours are in the box
+    cup = next(s for s in seqs if s.instance == "cup" and s.name.startswith("cup_90"))
+    img = np.asarray(Image.open(cup.frames[0]))
+    x1, y1, x2, y2 = (int(v) for v in cup.boxes[0])
+    from vidsearch.testsets import object_image
+
+    obj = np.asarray(Image.fromarray(object_image("cup")[0]).resize((x2 - x1, y2 - y1)))
+    assert np.abs(img[y1:y2, x1:x2].astype(int) - obj.astype(int)).mean() < 12  # JPEG + breathing size

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import Preset, load_preset
+from .dasr.query import query_views
 from .errors import InputError, LibraryError, VidsearchError
 from .library import REGION_FIELDS, Library, content_key
 from .search import SearchResult, fuse, search
@@ -318,11 +319,13 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
             lib.check_preset(load_preset(preset))
         queries = make_queries(images, boxes or [], query_video, at)
         engine = _engine(stored, device, weights)
-        raw = [engine.describe(q.image, q.box) for q in queries]
-        index, _ = lib.load_index()
+        index, videos = lib.load_index()
+        sizes = sorted({(v.width, v.height) for v in videos})
+        views = [query_views(engine, q.image, q.box, sizes) for q in queries]
+        # view 0 of all queries fused (several views of one object), plus each query's scale views
+        raw = np.stack([fuse([v[0] for v in views])] + [x for v in views for x in v[1:]])
         w = lib.whitening()
-        vecs = [w.apply(r[None])[0] if w is not None else r for r in raw]
-        result = search(lib, index, fuse(vecs), top=top, min_score=min_score)
+        result = search(lib, index, w.apply(raw) if w is not None else raw, top=top, min_score=min_score)
         notes = [m for q in queries for m in q.warnings]
         _, bad = lib.readable_videos()
         notes += [f"skipped {v.path}: its shard is unreadable ({why}); re-index it" for v, why in bad]

@@ -195,9 +195,13 @@ def eval_(
     queries: str = typer.Option("first", "--queries", help="first | first+middle"),
     max_frames: Optional[int] = typer.Option(None, "--max-frames", help="At most this many references per sequence (quick runs)."),
     batch: int = typer.Option(4, "--batch", min=1),
+    protocol: str = typer.Option("tracking", "--protocol", help="tracking | cross-scene (the same object in other sequences)"),
+    query_mode: str = typer.Option("frame", "--query-mode", help="frame (frame + box) | crop (the box cut out alone)"),
+    cache: Optional[Path] = typer.Option(None, "--cache", help="Keep reference regions here between runs (compare protocols without re-extracting)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON and nothing else."),
 ) -> None:
-    """The Instance-160 protocol on tracking sequences: mAP and localisation per method."""
+    """The Instance-160 protocol on tracking sequences: mAP and localisation per method,
+    overall and per object-size bucket."""
     from .evaluate import evaluate
 
     with _fps_progress(err) as progress:
@@ -205,12 +209,14 @@ def eval_(
             task = progress.add_task(name, total=total, rate="")
             return lambda n: progress.advance(task, n)
 
-        result = evaluate(data, method or None, preset, device, stride, queries, max_frames, batch, progress=start)
+        result = evaluate(data, method or None, preset, device, stride, queries, max_frames, batch, progress=start,
+                          protocol=protocol, query_mode=query_mode, cache_dir=cache)
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
         return
     p = result["protocol"]
-    table = Table(title=f"{result['data']} · {p['queries']} queries · {p['references']} references · {result['device']}")
+    table = Table(title=f"{result['data']} · {p['kind']} · {p['query_mode']} queries · {p['queries']} queries · "
+                        f"{p['references']} references · {result['device']}")
     cols = ("map@50", "map@100", "map@all", "loc_recall@0.5", "miou", "regions_per_frame", "frames_per_s")
     table.add_column("method")
     for c in cols:
@@ -218,6 +224,15 @@ def eval_(
     for name, m in result["methods"].items():
         table.add_row(name, *["-" if m[c] is None else f"{m[c]:.3f}" for c in cols])
     out.print(table)
+    buckets = Table(title="per object size (target area / frame area)")
+    bcols = ("map@50", "map@all", "loc_recall@0.5", "miou", "queries", "references")
+    for c in ("method", "size") + bcols:
+        buckets.add_column(c, justify="left" if c in ("method", "size") else "right")
+    for name, m in result["methods"].items():
+        for b, v in m["buckets"].items():
+            buckets.add_row(name, b, *["-" if v[c] is None else (str(v[c]) if isinstance(v[c], int) else f"{v[c]:.3f}")
+                                       for c in bcols])
+    out.print(buckets)
 
 
 @app.command()

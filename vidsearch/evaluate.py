@@ -6,10 +6,19 @@ pooled, so the other sequences are distractors; a query's true positives are the
 its own sequence that show the target. Region methods score an image by its best region (whose
 box is the localisation); the baselines (MAC, SPoC, R-MAC, CroW) describe whole images and
 return the whole frame as their box. All methods share one backbone and the same frames.
+
+The cross-scene protocol asks what the tracking protocol cannot: is the object found where the
+background differs? A query's true positives are then the references of *other* sequences that
+show the same instance (meta.json "instance"); its own sequence's references are left out of its
+ranking. Queries are the frame with its box (`frame`), or the box cut out alone (`crop`), as
+an editor's crop is. Every metric is also reported per object-size bucket: the target's area as
+a fraction of its frame (< 1 %, 1-5 %, > 5 %); a bucket's AP leaves out the true positives of
+the other buckets.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass, field
@@ -18,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Preset, load_preset
+from .config import Preset, load_preset, with_overrides
 from .dasr.describe import Whitening, l2n
 from .errors import InputError
 
@@ -27,6 +36,13 @@ BASELINES = ("mac", "spoc", "rmac", "crow")
 
 
 # ----------------------------------------------------------------------------- metrics
+
+
+BUCKETS = (("<1%", 0.0, 0.01), ("1-5%", 0.01, 0.05), (">5%", 0.05, float("inf")))
+
+
+def size_bucket(fraction: float) -> str:
+    return next(name for name, lo, hi in BUCKETS if lo <= fraction < hi)
 
 
 def average_precision(scores: np.ndarray, relevant: np.ndarray, k: int | None = None) -> float:
@@ -65,6 +81,12 @@ class Sequence:
     name: str
     frames: list[Path]
     boxes: list[tuple[float, float, float, float] | None]  # x1, y1, x2, y2 or None (absent)
+    instance: str = ""  # which object (meta.json "instance"; default: the sequence's own name)
+    size: tuple[int, int] = (0, 0)  # frame width, height
+
+    def area_fraction(self, i: int) -> float:
+        x1, y1, x2, y2 = self.boxes[i]
+        return (x2 - x1) * (y2 - y1) / max(1, self.size[0] * self.size[1])
 
 
 def load_sequences(root: str | Path) -> list[Sequence]:
@@ -86,26 +108,61 @@ def load_sequences(root: str | Path) -> list[Sequence]:
             boxes.append(None if any(math.isnan(v) for v in (x, y, w, h)) or w <= 0 or h <= 0 else (x, y, x + w, y + h))
         if len(boxes) < len(frames):
             raise InputError(f"{gt} has {len(boxes)} boxes for {len(frames)} frames")
-        seqs.append(Sequence(d.name, frames, boxes[: len(frames)]))
+        instance = d.name
+        if (d / "meta.json").is_file():
+            try:
+                instance = str(json.loads((d / "meta.json").read_text()).get("instance") or d.name)
+            except (ValueError, AttributeError):
+                raise InputError(f"{d / 'meta.json'} is not a JSON object") from None
+        from PIL import Image
+
+        with Image.open(frames[0]) as first:
+            size = first.size
+        seqs.append(Sequence(d.name, frames, boxes[: len(frames)], instance, size))
     if not seqs:
         raise InputError(f"{root} holds no sequences (<name>/img/*.jpg + <name>/groundtruth.txt)")
     return seqs
+
+
+PROTOCOLS = ("tracking", "cross-scene")
+QUERY_MODES = ("frame", "crop")
 
 
 @dataclass
 class Protocol:
     queries: list[tuple[int, int]]  # (sequence, frame index)
     references: list[tuple[int, int]]
+    kind: str = "tracking"  # or cross-scene
+    query_mode: str = "frame"  # the frame with its box, or the box cut out alone
+
+    def judgements(self, seqs: list[Sequence], qi: int) -> tuple[np.ndarray, np.ndarray]:
+        """(relevant, left out) over the references, for query qi."""
+        sq = self.queries[qi][0]
+        same_seq = np.array([si == sq for si, _ in self.references])
+        present = np.array([seqs[si].boxes[i] is not None for si, i in self.references])
+        if self.kind == "tracking":
+            return same_seq & present, np.zeros(len(self.references), dtype=bool)
+        same_instance = np.array([seqs[si].instance == seqs[sq].instance for si, _ in self.references])
+        return same_instance & ~same_seq & present, same_seq
 
 
 def make_protocol(seqs: list[Sequence], stride: int = 4, queries: str = "first",
-                  max_frames: int | None = None) -> Protocol:
+                  max_frames: int | None = None, kind: str = "tracking", query_mode: str = "frame") -> Protocol:
     if stride < 1:
         raise InputError(f"--stride must be at least 1, got {stride}")
+    if kind not in PROTOCOLS:
+        raise InputError(f"--protocol must be one of {', '.join(PROTOCOLS)}, got {kind!r}")
+    if query_mode not in QUERY_MODES:
+        raise InputError(f"--query-mode must be one of {', '.join(QUERY_MODES)}, got {query_mode!r}")
     qs, refs = [], []
+    instances = [s.instance for s in seqs]
     for si, s in enumerate(seqs):
         present = [i for i, b in enumerate(s.boxes) if b is not None]
         if not present:
+            continue
+        if kind == "cross-scene" and instances.count(s.instance) < 2:
+            ref = list(range(stride, len(s.frames), stride))  # still a distractor for the others
+            refs += [(si, i) for i in (ref[:max_frames] if max_frames else ref)]
             continue
         chosen = [present[0]]
         if queries == "first+middle":
@@ -119,7 +176,11 @@ def make_protocol(seqs: list[Sequence], stride: int = 4, queries: str = "first",
         if max_frames:
             ref = ref[:max_frames]
         refs += [(si, i) for i in ref if i not in chosen]
-    return Protocol(qs, refs)
+    if not qs:
+        raise InputError("no sequence's object appears in another sequence (meta.json \"instance\"): "
+                         "the cross-scene protocol needs such data, e.g. bench/small_objects.py makes it"
+                         if kind == "cross-scene" else "no sequence shows its target")
+    return Protocol(qs, refs, kind, query_mode)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -180,13 +241,15 @@ class MethodSpec:
     whiten: bool | None = None  # None: region methods follow the preset, baselines whiten (as published)
     peak_layer: str = ""
     feature_layer: str = ""
+    overrides: list[str] = field(default_factory=list)  # KEY=VALUE on the preset
 
     @classmethod
     def parse(cls, text: str) -> "MethodSpec":
         base, *opts = text.split(":")
         if base not in REGION_METHODS + BASELINES:
             raise InputError(f"unknown method {base!r}: use {', '.join(REGION_METHODS + BASELINES)} "
-                             "with optional suffixes :official :whiten :nowhiten :feat=LAYER :peak=LAYER")
+                             "with optional suffixes :official :whiten :nowhiten :feat=LAYER :peak=LAYER "
+                             ":KEY=VALUE (any preset key, e.g. :tiles=1,2)")
         spec = cls(text, base)
         for o in opts:
             if o == "official":
@@ -199,8 +262,12 @@ class MethodSpec:
                 spec.feature_layer = o[5:]
             elif o.startswith("peak="):
                 spec.peak_layer = o[5:]
+            elif "=" in o:
+                spec.overrides.append(o)
             else:
                 raise InputError(f"unknown method option {o!r} in {text!r}")
+        if spec.overrides:
+            with_overrides(Preset(), spec.overrides)  # a bad key or value is an error now, not later
         return spec
 
     def preset(self, base: Preset) -> Preset:
@@ -211,9 +278,10 @@ class MethodSpec:
             peaks = "local_max_official"
         else:
             peaks = "above_mean" if star else "local_max"
-        return p.replace(peaks=peaks, nms_iou=0.3 if star else None,
-                         pooling="max" if self.base.startswith("dasr-m") else "avg",
-                         peak_layer=self.peak_layer or p.peak_layer, feature_layer=self.feature_layer or p.feature_layer)
+        p = p.replace(peaks=peaks, nms_iou=0.3 if star else None,
+                      pooling="max" if self.base.startswith("dasr-m") else "avg",
+                      peak_layer=self.peak_layer or p.peak_layer, feature_layer=self.feature_layer or p.feature_layer)
+        return with_overrides(p, self.overrides)
 
 
 @dataclass
@@ -225,10 +293,15 @@ class Scored:
     notes: list[str] = field(default_factory=list)
 
 
-def _query_images(seqs, proto):
+def _query_images(seqs, proto) -> list[tuple[np.ndarray, tuple[float, float, float, float] | None]]:
+    """(image, box) per query: the frame and its box, or (crop mode) the box cut out and None."""
     out = []
     for si, i in proto.queries:
-        out.append((read_image(seqs[si].frames[i]), seqs[si].boxes[i]))
+        img, box = read_image(seqs[si].frames[i]), seqs[si].boxes[i]
+        if proto.query_mode == "crop":
+            x1, y1, x2, y2 = (int(round(v)) for v in box)
+            img, box = np.ascontiguousarray(img[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]), None
+        out.append((img, box))
     return out
 
 
@@ -246,12 +319,30 @@ def _reference_batches(seqs, proto, batch: int):
         yield group
 
 
+def _disk_cache(cache: dict, key: str, seqs, proto) -> Path | None:
+    """Where a run's reference regions are kept between runs (eval --cache DIR), named by the
+    preset and the reference frames, so protocols and query modes can be compared for free."""
+    root = cache.get("dir")
+    if root is None:
+        return None
+    import hashlib
+
+    frames = [str(seqs[si].frames[i].resolve()) for si, i in proto.references]
+    return Path(root) / (hashlib.sha256(json.dumps([key, frames]).encode()).hexdigest()[:24] + ".npz")
+
+
 def run_region_method(spec: MethodSpec, base: Preset, seqs, proto, device: str, batch: int,
                       cache: dict, progress=None) -> Scored:
     from .dasr.engine import Engine
+    from .dasr.query import query_views
 
     preset = spec.preset(base)
-    key = (preset.replace(pooling="avg").fingerprint(), preset.dtype)
+    key = json.dumps(preset.replace(pooling="avg", name="", description="").to_dict(), sort_keys=True)
+    disk = _disk_cache(cache, key, seqs, proto)
+    if key not in cache and disk is not None and disk.is_file():
+        with np.load(disk) as z:
+            cache[key] = {k: z[k] for k in ("frame", "boxes", "avg", "max")}, float(z["seconds"]), \
+                Engine(preset.replace(pooling="avg"), device)
     if key not in cache:
         engine = Engine(preset.replace(pooling="avg"), device)
         regs = {"frame": [], "boxes": [], "avg": [], "max": []}
@@ -259,7 +350,7 @@ def run_region_method(spec: MethodSpec, base: Preset, seqs, proto, device: str, 
         for group in _reference_batches(seqs, proto, batch):
             rows = [r for r, _ in group]
             frames = np.stack([img for _, img in group])
-            out = engine.extract(frames, extra_pooling="max")
+            out = engine.extract_views(frames, extra_pooling="max")
             regs["frame"].append(np.array(rows)[out.frame])
             regs["boxes"].append(out.boxes)
             regs["avg"].append(out.vectors)
@@ -268,24 +359,25 @@ def run_region_method(spec: MethodSpec, base: Preset, seqs, proto, device: str, 
                 progress(len(group))
         seconds = time.perf_counter() - t0
         cache[key] = {k: np.concatenate(v) for k, v in regs.items()}, seconds, engine
+        if disk is not None:
+            disk.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(disk, seconds=seconds, **cache[key][0])
     regs, seconds, engine = cache[key]
     pool = "max" if spec.base.startswith("dasr-m") else "avg"
     vectors = regs[pool]
-    raw_q = []
-    for img, box in _query_images(seqs, proto):
-        engine.preset = engine.preset.replace(pooling=pool)
-        raw_q.append(engine.describe(img, box))
-        engine.preset = engine.preset.replace(pooling="avg")
-    q = np.stack(raw_q)
+    sizes = sorted({seqs[si].size for si, _ in proto.references})
+    engine.preset = engine.preset.replace(pooling=pool)
+    views = [np.stack(query_views(engine, img, box, sizes)) for img, box in _query_images(seqs, proto)]
+    engine.preset = engine.preset.replace(pooling="avg")
     if spec.whiten if spec.whiten is not None else base.whiten:
         w = Whitening.fit(vectors, shrink=1e-3)
-        vectors, q = w.apply(vectors), w.apply(q)
-    sims = q @ vectors.T  # (Q, N regions)
+        vectors, views = w.apply(vectors), [w.apply(v) for v in views]
+    sims = np.stack([(v @ vectors.T).max(0) for v in views])  # (Q, N regions), each at its best view
     n_ref = len(proto.references)
-    scores = np.full((len(q), n_ref), -np.inf, dtype=np.float32)
-    boxes = np.zeros((len(q), n_ref, 4), dtype=np.float32)
+    scores = np.full((len(views), n_ref), -np.inf, dtype=np.float32)
+    boxes = np.zeros((len(views), n_ref, 4), dtype=np.float32)
     frame = regs["frame"]
-    for qi in range(len(q)):
+    for qi in range(len(views)):
         order = np.argsort(-sims[qi], kind="stable")
         seen = np.zeros(n_ref, dtype=bool)
         for j in order:  # best region per reference
@@ -327,9 +419,14 @@ def run_baseline(method: str, base: Preset, seqs, proto, device: str, batch: int
     descs = [global_descriptors(x, method) for x in maps]
     queries = []
     for img, box in _query_images(seqs, proto):
-        x1, y1, x2, y2 = (int(round(v)) for v in box)
-        crop = img[max(0, y1) : max(y1 + 1, y2), max(0, x1) : max(x1 + 1, x2)]
-        queries.append(global_descriptors(last_conv(crop[None])[0], method))
+        x = last_conv(img[None])[0]
+        if box is not None:  # the same query as the region methods get: pooled in the frame, in the box
+            h, w = img.shape[:2]
+            sy, sx = x.shape[1] / h, x.shape[2] / w
+            y1, x1 = min(int(box[1] * sy), x.shape[1] - 1), min(int(box[0] * sx), x.shape[2] - 1)
+            y2, x2 = max(y1 + 1, int(np.ceil(box[3] * sy))), max(x1 + 1, int(np.ceil(box[2] * sx)))
+            x = x[:, y1:y2, x1:x2]
+        queries.append(global_descriptors(x, method))
     if method == "rmac":
         w = _pca_whiten(np.concatenate([np.stack(d) for d in descs])) if whiten else None
 
@@ -352,31 +449,54 @@ def run_baseline(method: str, base: Preset, seqs, proto, device: str, batch: int
     return Scored(scores, boxes, 1.0, len(refs) / max(seconds, 1e-9))
 
 
+def _summary(aps: dict[str, list[float]], ious: list[float]) -> dict:
+    out = {k: round(float(np.mean(v)), 4) if v else None for k, v in aps.items()}
+    out["loc_recall@0.5"] = round(float(np.mean([v >= 0.5 for v in ious])), 4) if ious else None
+    out["miou"] = round(float(np.mean(ious)), 4) if ious else None
+    return out
+
+
 def metrics(scored: Scored, seqs, proto, loc_k: int = 50) -> dict:
-    ref_seq = np.array([si for si, _ in proto.references])
-    out = {"map@50": [], "map@100": [], "map@all": []}
-    ious = []
+    """mAP@50/100/all and localisation (recall at IoU 0.5, mean IoU of the true positives in the
+    top loc_k), overall and per size bucket of the references' targets."""
+    ref_bucket = np.array([size_bucket(seqs[si].area_fraction(i)) if seqs[si].boxes[i] is not None else ""
+                           for si, i in proto.references])
+    names = {"ap@50": "map@50", "ap@100": "map@100", "ap@all": "map@all"}
+    overall = {m: [] for m in names.values()}
+    per_bucket = {b: ({m: [] for m in names.values()}, [], set()) for b, _, _ in BUCKETS}
+    ious: list[float] = []
     per_query = {}
     for qi, (si, fi) in enumerate(proto.queries):
-        relevant = np.array([ref_seq[r] == si and seqs[si].boxes[proto.references[r][1]] is not None
-                             for r in range(len(proto.references))])
-        s = scored.scores[qi]
-        ap = {k: average_precision(s, relevant, kk) for k, kk in (("ap@50", 50), ("ap@100", 100), ("ap@all", None))}
+        relevant, left_out = proto.judgements(seqs, qi)
+        keep = ~left_out
+        s, rel, refs = scored.scores[qi][keep], relevant[keep], np.nonzero(keep)[0]
+        ap = {k: average_precision(s, rel, kk) for k, kk in (("ap@50", 50), ("ap@100", 100), ("ap@all", None))}
         if math.isnan(ap["ap@all"]):
             continue
         name = seqs[si].name + ("" if fi == next(i for i, b in enumerate(seqs[si].boxes) if b) else f"@{fi + 1}")
         per_query[name] = {k: round(v, 4) for k, v in ap.items()}
-        for k, m in (("ap@50", "map@50"), ("ap@100", "map@100"), ("ap@all", "map@all")):
-            out[m].append(ap[k])
-        order = np.lexsort((relevant.astype(int), -s))[:loc_k]
-        for r in order:
-            if relevant[r]:
-                ious.append(iou(scored.boxes[qi, r], seqs[si].boxes[proto.references[r][1]]))
-    result = {k: round(float(np.mean(v)), 4) if v else None for k, v in out.items()}
-    result["loc_recall@0.5"] = round(float(np.mean([v >= 0.5 for v in ious])), 4) if ious else None
-    result["miou"] = round(float(np.mean(ious)), 4) if ious else None
+        for k, m in names.items():
+            overall[m].append(ap[k])
+        top = np.lexsort((rel.astype(int), -s))[:loc_k]
+        tp_iou = {int(refs[r]): iou(scored.boxes[qi, refs[r]], seqs[proto.references[refs[r]][0]].boxes[
+            proto.references[refs[r]][1]]) for r in top if rel[r]}
+        ious += tp_iou.values()
+        for b, _, _ in BUCKETS:
+            in_b = ref_bucket[refs] == b
+            aps, b_ious, b_refs = per_bucket[b]
+            if not (rel & in_b).any():
+                continue
+            # this bucket's true positives only: the others are left out of the ranking
+            mask = ~(rel & ~in_b)
+            for k, kk in (("ap@50", 50), ("ap@100", 100), ("ap@all", None)):
+                aps[names[k]].append(average_precision(s[mask], (rel & in_b)[mask], kk))
+            b_ious += [v for r, v in tp_iou.items() if ref_bucket[r] == b]
+            b_refs.update(int(r) for r in refs[rel & in_b])
+    result = _summary(overall, ious)
     result["regions_per_frame"] = round(scored.regions_per_frame, 2)
     result["frames_per_s"] = round(scored.frames_per_s, 3)
+    result["buckets"] = {b: {**_summary(aps, b_ious), "queries": len(aps["map@all"]), "references": len(b_refs)}
+                         for b, (aps, b_ious, b_refs) in per_bucket.items()}
     result["per_query"] = per_query
     return result
 
@@ -386,16 +506,17 @@ DEFAULT_METHODS = ("dasr", "dasr*", "dasr-m", "dasr-m*", "dasr:official", "dasr*
 
 def evaluate(data: str | Path, methods: list[str] | None = None, preset: str = "default", device: str = "auto",
              stride: int = 4, queries: str = "first", max_frames: int | None = None, batch: int = 4,
-             progress=None) -> dict:
+             progress=None, protocol: str = "tracking", query_mode: str = "frame",
+             cache_dir: str | Path | None = None) -> dict:
     """Run the protocol; `progress(method, total)` returns a callback taking a frame count."""
     from .dasr.engine import resolve_device
 
     specs = [MethodSpec.parse(m) for m in (methods or DEFAULT_METHODS)]
     base = load_preset(preset)
     seqs = load_sequences(data)
-    proto = make_protocol(seqs, stride, queries, max_frames)
+    proto = make_protocol(seqs, stride, queries, max_frames, protocol, query_mode)
     dev = str(resolve_device(device))
-    cache: dict = {}
+    cache: dict = {"dir": cache_dir} if cache_dir else {}
     results = {}
     for spec in specs:
         tick = progress(spec.name, len(proto.references)) if progress else None
@@ -405,6 +526,7 @@ def evaluate(data: str | Path, methods: list[str] | None = None, preset: str = "
             scored = run_region_method(spec, base, seqs, proto, dev, batch, cache, tick)
         results[spec.name] = metrics(scored, seqs, proto)
     return {"data": str(Path(data).resolve()), "preset": base.name, "device": dev,
-            "protocol": {"stride": stride, "queries": len(proto.queries), "references": len(proto.references),
+            "protocol": {"kind": protocol, "query_mode": query_mode, "stride": stride,
+                         "queries": len(proto.queries), "references": len(proto.references),
                          "sequences": len(seqs), "max_frames": max_frames},
             "methods": results}

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .dasr.views import KIND_FRAME, KIND_REGION
 from .library import Library, VideoRow
 from .timecode import parse_rate, seconds_to_tc
 
@@ -16,10 +17,11 @@ class Hit:
     frame: int
     box: list[float]
     score: float
+    kind: str = "region"  # "region": a salient region; "frame": the whole-frame region matched
 
     def to_dict(self) -> dict:
         return {"time": round(self.time, 6), "frame": self.frame, "box": [round(v, 1) for v in self.box],
-                "score": round(self.score, 4)}
+                "score": round(self.score, 4), "kind": self.kind}
 
 
 @dataclass
@@ -68,18 +70,25 @@ def is_exact(index) -> bool:
     return isinstance(faiss.downcast_index(index.index), faiss.IndexFlat)
 
 
+def as_views(q: np.ndarray) -> np.ndarray:
+    """A query as (V, D) float32: one row per view (a single vector is one view)."""
+    return np.ascontiguousarray(np.atleast_2d(q), dtype=np.float32)
+
+
 def background_stats(index, q: np.ndarray, sample: int = 20000, seed: int = 0, exact=None) -> tuple[float, float]:
-    """Median and robust sigma (1.4826 MAD) of the query's scores against a random sample of
-    regions: true matches are too few to move either much."""
+    """Median and robust sigma (1.4826 MAD) of the query's scores (best view per region) against
+    a random sample of regions: true matches are too few to move either much."""
     import faiss
 
+    q = as_views(q)
     n = index.ntotal
     rng = np.random.default_rng(seed)
     pos = np.sort(rng.choice(n, min(n, sample), replace=False)).astype(np.int64)
     if exact is None:
-        s = faiss.downcast_index(index.index).reconstruct_batch(pos) @ q
+        s = (faiss.downcast_index(index.index).reconstruct_batch(pos) @ q.T).max(1)
     else:  # approximate codes: score the sampled regions from their stored vectors
-        s = exact(faiss.vector_to_array(index.id_map)[pos], q)
+        ids = faiss.vector_to_array(index.id_map)[pos]
+        s = np.max([exact(ids, v) for v in q], axis=0)
     med = float(np.median(s))
     return med, max(float(np.median(np.abs(s - med))) * 1.4826, 1e-3)
 
@@ -89,14 +98,29 @@ def auto_threshold(index, q: np.ndarray, exact=None) -> float:
     60 % of the best match in the library; 6 sigmas always count. Measured on generated videos:
     true frames score 0.45-0.67, background regions <= 0.13 (Lite0, 512 px, no whitening)."""
     med, sigma = background_stats(index, q, exact=exact)
-    best = float(index.search(q[None], 1)[0][0, 0])
+    best = float(index.search(as_views(q), 1)[0][:, 0].max())
     return max(med + 3 * sigma, min(med + 6 * sigma, 0.6 * best))
 
 
 def retrieve(index, q: np.ndarray, min_score: float, max_regions: int = 200_000, max_k: int | None = None,
              exact=None, margin: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
-    """All regions scoring >= min_score (up to max_regions), best first: grow k until the k-th
-    score falls below the threshold, so nothing above it is missed.
+    """All regions whose best view scores >= min_score (up to max_regions), best first."""
+    q = as_views(q)
+    if len(q) == 1:
+        return _retrieve_one(index, q[0], min_score, max_regions, max_k, exact, margin)
+    parts = [_retrieve_one(index, v, min_score, max_regions, max_k, exact, margin) for v in q]
+    scores = np.concatenate([s for s, _ in parts])
+    ids = np.concatenate([i for _, i in parts])
+    order = np.argsort(-scores, kind="stable")
+    _, first = np.unique(ids[order], return_index=True)  # each region at its best view
+    keep = order[np.sort(first)][:max_regions]
+    return scores[keep], ids[keep]
+
+
+def _retrieve_one(index, q: np.ndarray, min_score: float, max_regions: int, max_k: int | None,
+                  exact, margin: float) -> tuple[np.ndarray, np.ndarray]:
+    """All regions scoring >= min_score with one query vector (up to max_regions), best first:
+    grow k until the k-th score falls below the threshold, so nothing above it is missed.
 
     max_k: the largest k one search may ask for (GPU indexes allow 2048); past it the search
     goes on as range search. exact: rescoring of candidates from stored vectors, for indexes
@@ -125,7 +149,8 @@ def retrieve(index, q: np.ndarray, min_score: float, max_regions: int = 200_000,
         k = min(index.ntotal, k * 4, max_regions)
 
 
-SEARCH_FIELDS = ("frame", "time", "box", "sample_frame", "sample_time")
+SEARCH_FIELDS = ("frame", "time", "box", "kind", "sample_frame", "sample_time")
+KIND_NAMES = {KIND_REGION: "region", KIND_FRAME: "frame"}
 
 
 def frame_hits(shards: dict[int, dict[str, np.ndarray]], scores: np.ndarray, ids: np.ndarray) -> dict[int, dict[int, Hit]]:
@@ -141,7 +166,8 @@ def frame_hits(shards: dict[int, dict[str, np.ndarray]], scores: np.ndarray, ids
         for score, row in zip(scores[sel], rows[sel]):  # best first, so the first per frame wins
             frame = int(shard["frame"][row])
             if frame not in per:
-                per[frame] = Hit(float(shard["time"][row]), frame, shard["box"][row].tolist(), float(score))
+                per[frame] = Hit(float(shard["time"][row]), frame, shard["box"][row].tolist(), float(score),
+                                 KIND_NAMES[int(shard["kind"][row])])
     return out
 
 

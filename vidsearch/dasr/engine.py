@@ -106,11 +106,13 @@ class Engine:
         self.timings[stage] += now - start
         return now
 
-    def prepare(self, frames) -> tuple[torch.Tensor, tuple[int, int]]:
-        """Frames -> normalised network input at the preset's long side, and the frames' (H, W)."""
+    def prepare(self, frames, long_side: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Frames -> normalised network input at `long_side` (default: the preset's; 0: as they
+        are), and the frames' (H, W)."""
         x = to_batch(frames, self.device)
         h0, w0 = x.shape[-2:]
-        h, w = target_size(h0, w0, self.preset.long_side)
+        long_side = self.preset.long_side if long_side is None else long_side
+        h, w = target_size(h0, w0, long_side) if long_side else (max(32, h0), max(32, w0))
         if (h, w) != (h0, w0):
             x = F.interpolate(x, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
         return self.backbone.normalize(x), (h0, w0)
@@ -221,10 +223,12 @@ class Engine:
         return keep.sort().values  # still best score first
 
     @torch.no_grad()
-    def describe(self, image: np.ndarray, box: tuple[float, float, float, float] | None = None) -> np.ndarray:
+    def describe(self, image: np.ndarray, box: tuple[float, float, float, float] | None = None,
+                 long_side: int | None = None) -> np.ndarray:
         """One image (H, W, 3) uint8 and a box x1, y1, x2, y2 in its pixels (None = whole image)
-        -> the L2-normalised raw descriptor pooled inside the box, as for library regions."""
-        x, (h0, w0) = self.prepare(image[None])
+        -> the L2-normalised raw descriptor pooled inside the box, as for library regions; the
+        image is seen at `long_side` (default: the preset's; 0: its own size)."""
+        x, (h0, w0) = self.prepare(image[None], long_side)
         values = self.graph.forward(x)
         feats = values[self.graph.feature]
         h, w = x.shape[-2:]

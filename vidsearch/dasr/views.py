@@ -12,11 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from ..config import Preset
-from .regions import nms
+
+if TYPE_CHECKING:
+    import torch
 
 KIND_REGION, KIND_FRAME = 0, 1  # a salient region; the whole frame
 
@@ -73,6 +76,10 @@ def merge_views(boxes: torch.Tensor, scores: torch.Tensor, frame: torch.Tensor, 
                 iou: float | None) -> torch.Tensor:
     """Indices kept when regions of all views of a frame are merged: NMS across views per frame
     (near-duplicates where tiles overlap or levels agree); whole-frame regions always stay."""
+    import torch
+
+    from .regions import nms
+
     salient = torch.nonzero(kind == KIND_REGION)[:, 0]
     kept = salient[nms(boxes[salient], scores[salient], frame[salient], iou)] if iou is not None else salient
     return torch.cat([kept, torch.nonzero(kind == KIND_FRAME)[:, 0]])

@@ -1,0 +1,139 @@
+"""Views of a frame (tile levels, whole-frame region, merging), query views at the library's
+scales, and search by each region's best query view."""
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from vidsearch.config import Preset, with_overrides
+from vidsearch.dasr.query import crop_sizes, on_canvas, query_views
+from vidsearch.dasr.views import (KIND_FRAME, KIND_REGION, decode_long_side, frame_views, level_scales,
+                                  merge_views, usable_levels)
+from vidsearch.errors import InputError
+from vidsearch.library import region_ids
+from vidsearch.search import auto_threshold, retrieve
+
+from .helpers import photo
+
+TILED = Preset(tiles=(1, 2), tile_overlap=0.25, long_side=512)
+
+
+def test_levels_only_where_tiles_are_not_enlarged():
+    assert usable_levels(1920, 1080, TILED) == [1, 2]
+    assert usable_levels(640, 360, TILED) == [1]  # 640 / 1.75 < 512: its tiles would be blown up
+    assert usable_levels(640, 360, TILED.replace(max_upscale=2.0)) == [1, 2]
+    assert decode_long_side(1920, 1080, TILED) == 896  # 512 * 1.75: what level 2 needs, not 1920
+    assert decode_long_side(640, 360, TILED) == 512  # level 1 alone: the long side, as before
+    assert decode_long_side(640, 360, TILED.replace(max_upscale=2.0)) == 640  # never above the source
+    assert level_scales(1920, 1080, TILED) == pytest.approx({1: 512 / 1920, 2: 896 / 1920})
+
+
+def test_tiles_cover_the_frame_with_the_asked_overlap():
+    views = frame_views(896, 504, TILED)
+    assert views[0].level == 1 and views[0].box == (0, 0, 896, 504)
+    tiles = [v.box for v in views if v.level == 2]
+    assert len(tiles) == 4 and all((x2 - x1, y2 - y1) == (512, 288) for x1, y1, x2, y2 in tiles)
+    assert min(b[0] for b in tiles) == 0 and max(b[2] for b in tiles) == 896
+    assert min(b[1] for b in tiles) == 0 and max(b[3] for b in tiles) == 504
+    xs = sorted({b[0] for b in tiles})
+    assert (512 - (xs[1] - xs[0])) / 512 == pytest.approx(0.25, abs=0.01)  # neighbours share a quarter
+
+
+def test_presets_check_and_override_views():
+    assert Preset(tiles=[2, 1, 2]).tiles == (1, 2)
+    with pytest.raises(InputError, match="tiles must include 1"):
+        Preset(tiles=(2,))
+    p = with_overrides(Preset(), ["tiles=1,3", "whole_frame=true", "view_nms_iou=none", "long_side=384"])
+    assert p.tiles == (1, 3) and p.whole_frame and p.view_nms_iou is None and p.long_side == 384
+    with pytest.raises(InputError, match="not KEY=VALUE"):
+        with_overrides(Preset(), ["colour=red"])
+    with pytest.raises(InputError, match="not a valid value"):
+        with_overrides(Preset(), ["long_side=big"])
+
+
+def test_merge_keeps_whole_frames_and_drops_duplicates_across_views():
+    boxes = torch.tensor([[0, 0, 100, 100], [10, 10, 50, 50], [11, 11, 51, 51], [60, 60, 90, 90], [0, 0, 100, 100.]])
+    scores = torch.tensor([0.1, 0.9, 0.5, 0.4, 0.1])
+    frame = torch.tensor([0, 0, 0, 0, 1])
+    kind = torch.tensor([KIND_FRAME, KIND_REGION, KIND_REGION, KIND_REGION, KIND_REGION], dtype=torch.int8)
+    kept = sorted(merge_views(boxes, scores, frame, kind, 0.5).tolist())
+    assert kept == [0, 1, 3, 4]  # the near-duplicate of region 1 goes; the other frame's box stays
+    assert sorted(merge_views(boxes, scores, frame, kind, None).tolist()) == [0, 1, 2, 3, 4]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from vidsearch.dasr.engine import Engine
+
+    # small enough for the CPU: 2x2 tiles of 96 px on a 192x108 frame
+    return Engine(Preset(peaks="local_max", nms_iou=None, long_side=96, tiles=(1, 2), view_nms_iou=None,
+                         whole_frame=True), "cpu")
+
+
+def test_tile_regions_are_the_tiles_own_regions_moved_into_the_frame(engine):
+    frame = np.asarray(__import__("PIL.Image", fromlist=["Image"]).fromarray(photo("astronaut")).resize((168, 96)))
+    r = engine.extract_views(frame[None])
+    tiles = [v for v in frame_views(168, 96, engine.preset) if v.level == 2]
+    expected = []
+    for v in tiles:
+        x1, y1, x2, y2 = v.box
+        expected += list(engine.extract(frame[None, y1:y2, x1:x2]).boxes + [x1, y1, x1, y1])
+    got = r.boxes[r.level == 2]
+    assert len(got) == len(expected) > 0
+    assert np.allclose(got[np.lexsort(got.T)], np.array(expected)[np.lexsort(np.array(expected).T)], atol=1e-3)
+    assert (r.boxes[:, 2] <= 168 + 1e-3).all() and (r.boxes[:, 3] <= 96 + 1e-3).all()
+
+
+def test_one_whole_frame_region_per_frame_first(engine):
+    frames = np.stack([photo("astronaut")[:96, :168], photo("coffee")[:96, :168]])
+    r = engine.extract_views(frames)
+    whole = np.nonzero(r.kind == KIND_FRAME)[0]
+    assert r.frame[whole].tolist() == [0, 1]
+    assert np.allclose(r.boxes[whole], [[0, 0, 168, 96]] * 2)
+    assert [int(np.nonzero(r.frame == f)[0][0]) for f in (0, 1)] == whole.tolist()  # first of its frame
+    assert np.allclose(np.linalg.norm(r.vectors, axis=1), 1, atol=1e-4)
+
+
+def test_crop_views_at_the_sizes_the_crop_has_in_the_library():
+    # a 60-px crop from 1080p footage: 16 px at level 1, 28 px at level 2
+    assert crop_sizes((60, 40), [(1920, 1080)], TILED) == pytest.approx([60 * 512 / 1920, 60 * 896 / 1920])
+    assert crop_sizes((600, 400), [(1920, 1080)], TILED) == pytest.approx([160, 280])
+    assert crop_sizes((1080, 1920), [(1920, 1080)], TILED) == []  # as big as the frame: view 0 says it all
+    assert crop_sizes((20, 20), [(1920, 1080)], TILED) == []  # under MIN_VIEW_PX everywhere
+
+
+def test_canvas_puts_the_crop_at_its_size_with_its_border_continued():
+    crop = np.zeros((20, 40, 3), np.uint8)
+    crop[:, :, 0] = 200
+    canvas, box = on_canvas(crop, 20)
+    x1, y1, x2, y2 = box
+    assert (x2 - x1, y2 - y1) == (20, 10)
+    assert canvas.shape[0] >= 32 and canvas.shape[1] >= 32
+    assert (canvas[..., 0] == 200).all()  # the border pixels go on
+
+
+def test_query_views_of_a_frame_and_of_a_crop(engine):
+    img = photo("coffee")
+    frame_q = query_views(engine, img, (70, 10, 485, 395), [(600, 400)])
+    assert len(frame_q) == 1 + (len(usable_levels(600, 400, engine.preset)) - 1)
+    crop = img[10:395, 70:485]
+    crop_q = query_views(engine, crop, None, [(1920, 1080)])
+    assert len(crop_q) == 1 + len(crop_sizes(crop.shape[:2], [(1920, 1080)], engine.preset))
+    assert np.allclose(crop_q[0], engine.describe(crop))  # view 0 is the paper's
+
+
+def test_regions_are_scored_by_their_best_view():
+    rng = np.random.default_rng(1)
+    v = rng.normal(size=(500, 16)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(16))
+    index.add_with_ids(v, region_ids(3, len(v)))
+    q = np.stack([v[7], v[42]])
+    scores, ids = retrieve(index, q, 0.5)
+    best = (v @ q.T).max(1)
+    want = np.sort(best[best >= 0.5])[::-1]
+    assert np.allclose(scores, want, atol=1e-5) and len(set(ids.tolist())) == len(ids)
+    assert {7, 42} <= set((ids & 0xFFFFFFFF).tolist())
+    # the threshold comes from the same best-view scores
+    assert auto_threshold(index, q) >= auto_threshold(index, q[:1]) - 0.05
