@@ -2,6 +2,7 @@
 command, date, device and git commit.
 
     python bench/eval_dev.py ../shared/data/instance-dev --device cpu [--method ...] [--stride 4]
+        [--protocol tracking|cross-scene] [--query-mode frame|crop] [--cache DIR]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 COLUMNS = ("map@50", "map@100", "map@all", "loc_recall@0.5", "miou", "regions_per_frame", "frames_per_s")
+BUCKET_COLUMNS = ("map@all", "loc_recall@0.5", "miou")
 
 
 def main() -> None:
@@ -30,9 +32,19 @@ def main() -> None:
     ap.add_argument("--method", action="append", default=[])
     ap.add_argument("--title", default="vidsearch eval")
     ap.add_argument("--json-out", help="also keep the full JSON (per-query APs) here")
+    ap.add_argument("--protocol", default="tracking")
+    ap.add_argument("--query-mode", default="frame")
+    ap.add_argument("--cache", help="vidsearch eval --cache DIR")
     args = ap.parse_args()
+    run(args)
+
+
+def run(args) -> str:
+    """Run the eval the args describe, append its tables to RESULTS.md, return them."""
     cmd = ["vidsearch", "eval", args.data, "--json", "--device", args.device, "--preset", args.preset,
-           "--stride", str(args.stride)] + (["--max-frames", str(args.max_frames)] if args.max_frames else [])
+           "--stride", str(args.stride), "--protocol", args.protocol, "--query-mode", args.query_mode] + \
+        (["--max-frames", str(args.max_frames)] if args.max_frames else []) + \
+        (["--cache", args.cache] if args.cache else [])
     for m in args.method:
         cmd += ["--method", m]
     start = time.time()
@@ -50,10 +62,19 @@ def main() -> None:
              f"- command: `{shlex.join(cmd)}`",
              f"- date: {datetime.date.today().isoformat()}, commit {commit}{' (uncommitted changes)' if dirty else ''}, "
              f"device {result['device']} ({platform.processor() or platform.machine()}), {time.time() - start:.0f} s",
-             f"- protocol: {p['sequences']} sequences, {p['queries']} queries, {p['references']} references, stride {p['stride']}",
+             f"- protocol: {p['kind']}, {p['query_mode']} queries; {p['sequences']} sequences, {p['queries']} queries, "
+             f"{p['references']} references, stride {p['stride']}",
              "", "| method | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, m in result["methods"].items():
         lines.append(f"| {name} | " + " | ".join("-" if m[c] is None else f"{m[c]:.3f}" for c in COLUMNS) + " |")
+    first = next(iter(result["methods"].values()))["buckets"]
+    counts = ", ".join(f"{b} {v['queries']} queries / {v['references']} references" for b, v in first.items())
+    lines += ["", f"Per object size (target area / frame area; {counts}):", "",
+              "| method | " + " | ".join(f"{b} {c}" for b in first for c in BUCKET_COLUMNS) + " |",
+              "|---" * (len(first) * len(BUCKET_COLUMNS) + 1) + "|"]
+    for name, m in result["methods"].items():
+        cells = [m["buckets"][b][c] for b in first for c in BUCKET_COLUMNS]
+        lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
     text = "\n".join(lines) + "\n\n"
     results = HERE / "RESULTS.md"
     if not results.exists():
@@ -61,6 +82,7 @@ def main() -> None:
     with results.open("a") as f:
         f.write(text)
     print(text)
+    return text
 
 
 if __name__ == "__main__":
