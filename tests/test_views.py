@@ -109,8 +109,14 @@ def test_canvas_puts_the_crop_at_its_size_with_its_border_continued():
     canvas, box = on_canvas(crop, 20)
     x1, y1, x2, y2 = box
     assert (x2 - x1, y2 - y1) == (20, 10)
-    assert canvas.shape[0] >= 32 and canvas.shape[1] >= 32
+    assert canvas.shape[0] >= 32 and canvas.shape[1] >= 32  # as far as the network needs
     assert (canvas[..., 0] == 200).all()  # the border pixels go on
+    canvas, box = on_canvas(np.zeros((60, 80, 3), np.uint8), 40)
+    assert canvas.shape[:2] == (32, 42) and box == (1.0, 1.0, 41.0, 31.0)  # 30 high: one row more each side
+    canvas, box = on_canvas(np.zeros((90, 120, 3), np.uint8), 80)
+    assert canvas.shape[:2] == (60, 80)  # big enough alone: no surroundings
+    canvas, box = on_canvas(crop, 20, context=1.0)
+    assert canvas.shape[:2] == (10 + 40, 20 + 40) and box == (20.0, 20.0, 40.0, 30.0)
 
 
 def test_query_views_of_a_frame_and_of_a_crop(engine):

@@ -5,8 +5,9 @@ View 0 is the paper's: the query image at the preset's long side, pooled over th
   library sees frames of its size, at every tile level, and the box pooled at each;
 - a crop alone: an object cut from footage has a known pixel size, and the library knows its
   frames' sizes, so the crop is also described at the size it would have in each level's
-  views (placed on a canvas that continues its border, so the network sees it at that size
-  with plausible surroundings rather than blown up to fill the input).
+  views, rather than blown up to fill the input. It is seen alone, its border continued only
+  as far as the network's smallest input needs: measured on the generated cross-scene set,
+  more made-up surroundings (0.5, 1 or 2 times its size) matched worse (bench/RESULTS.md).
 A library region is scored by its best-matching view (search.py).
 """
 
@@ -45,7 +46,7 @@ def crop_sizes(crop_hw: tuple[int, int], library_sizes: list[tuple[int, int]], p
     return out
 
 
-def on_canvas(crop: np.ndarray, long_side: float, context: float = 1.0) -> tuple[np.ndarray, tuple[float, ...]]:
+def on_canvas(crop: np.ndarray, long_side: float, context: float = 0.0) -> tuple[np.ndarray, tuple[float, ...]]:
     """The crop scaled to `long_side` pixels, centred on a canvas that continues its border
     pixels by `context` times its size on every side; returns the canvas and the crop's box."""
     h, w = crop.shape[:2]

@@ -1,0 +1,88 @@
+"""End to end on generated videos: a small object in full-HD footage is found by a crop of it,
+and a crop of a frame that was sampled into the library finds that frame."""
+
+import json
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from vidsearch.cli import app
+from vidsearch.sample import make_sample, write_video
+from vidsearch.testsets import SeqSpec, collage, default_scenes, render_sequence
+from vidsearch.video import grab_frame
+
+SMALL = str(Path(__file__).parent / "presets" / "small.toml")
+runner = CliRunner()
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def iou(a, b):
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
+
+
+@pytest.fixture(scope="module")
+def full_hd(tmp_path_factory):
+    """A 70-px logo drifting over a 1920x1080 scene (0.2 % of the frame, partly hidden in every
+    third frame), and a distractor video with a 70-px cup over another scene; 3 s at 12 fps."""
+    root = tmp_path_factory.mktemp("smallhd")
+    size = (1920, 1080)
+    scenes = default_scenes(size, 2, seed=5)
+    occluder = collage(["grass", "brick", "gravel", "coins"], (256, 256), seed=99)
+    frames, boxes = render_sequence(SeqSpec("t", "logo", 0, 70, seed=3), scenes[0], size, 36, occluder)
+    write_video(root / "target.mp4", frames, Fraction(12))
+    x1, y1, x2, y2 = boxes[0]
+    Image.fromarray(frames[0][y1:y2, x1:x2]).save(root / "crop.png")  # the editor's crop
+    other, _ = render_sequence(SeqSpec("d", "cup", 1, 70, seed=4), scenes[1], size, 36, occluder)
+    write_video(root / "other.mp4", other, Fraction(12))
+    lib = root / "lib"
+    run("index", root / "target.mp4", root / "other.mp4", "-l", lib, "-p", SMALL, "--device", "cpu")
+    return {"root": root, "boxes": boxes, "lib": lib}
+
+
+def test_a_small_object_in_full_hd_is_found_by_its_crop(full_hd):
+    result = run("find", "-q", full_hd["root"] / "crop.png", "-l", full_hd["lib"], "--json", "--device", "cpu")
+    segs = json.loads(result.stdout)["segments"]
+    assert Path(segs[0]["video"]).name == "target.mp4"  # its own video first
+    assert all(s["score"] < segs[0]["score"] - 0.1 for s in segs[1:])  # by a clear margin
+    best = segs[0]["best"]
+    truth = full_hd["boxes"][best["frame"]]
+    assert iou(best["box"], truth) > 0.1  # the box is on the logo, not elsewhere in the frame
+    cx, cy = (best["box"][0] + best["box"][2]) / 2, (best["box"][1] + best["box"][3]) / 2
+    assert abs(cx - (truth[0] + truth[2]) / 2) < 100 and abs(cy - (truth[1] + truth[3]) / 2) < 100
+
+
+def test_the_library_holds_tile_regions_and_one_whole_frame_per_sample(full_hd):
+    from vidsearch.library import Library
+
+    lib = Library.open(full_hd["lib"])
+    try:
+        for v in lib.videos():
+            shard = lib.load_shard(v.id)
+            assert set(shard["level"].tolist()) == {1, 3}
+            assert (shard["kind"] == 1).sum() == len(shard["sample_frame"]) == v.frames == 3
+    finally:
+        lib.close()
+
+
+def test_a_crop_of_a_sampled_frame_finds_that_frame(tmp_path):
+    video = tmp_path / "clip.mp4"
+    make_sample(video, seconds=6.0, appear=(9.0, 9.0))  # 640x360 real photos, shots of 2.5 s
+    lib = tmp_path / "lib"
+    run("index", video, "-l", lib, "-p", SMALL, "--device", "cpu")
+    frame = grab_frame(video, 4.0, 96)  # sampled at 1 frame/s
+    h, w = frame.shape[:2]
+    Image.fromarray(frame[h // 3 : 2 * h // 3, w // 3 : 2 * w // 3]).save(tmp_path / "third.png")
+    result = run("find", "-q", tmp_path / "third.png", "-l", lib, "--json", "--device", "cpu")
+    segs = json.loads(result.stdout)["segments"]
+    assert segs and segs[0]["best"]["frame"] == 96
