@@ -242,6 +242,7 @@ class MethodSpec:
     peak_layer: str = ""
     feature_layer: str = ""
     overrides: list[str] = field(default_factory=list)  # KEY=VALUE on the preset
+    refine: bool = False  # query-guided boxes on the true positives (refine.py)
 
     @classmethod
     def parse(cls, text: str) -> "MethodSpec":
@@ -249,7 +250,7 @@ class MethodSpec:
         if base not in REGION_METHODS + BASELINES:
             raise InputError(f"unknown method {base!r}: use {', '.join(REGION_METHODS + BASELINES)} "
                              "with optional suffixes :official :whiten :nowhiten :feat=LAYER :peak=LAYER "
-                             ":KEY=VALUE (any preset key, e.g. :tiles=1,2)")
+                             ":refine :KEY=VALUE (any preset key, e.g. :tiles=1,2)")
         spec = cls(text, base)
         for o in opts:
             if o == "official":
@@ -258,6 +259,8 @@ class MethodSpec:
                 spec.whiten = False
             elif o == "whiten":
                 spec.whiten = True
+            elif o == "refine":
+                spec.refine = True
             elif o.startswith("feat="):
                 spec.feature_layer = o[5:]
             elif o.startswith("peak="):
@@ -291,6 +294,7 @@ class Scored:
     regions_per_frame: float
     frames_per_s: float
     notes: list[str] = field(default_factory=list)
+    refine_ms: float | None = None  # query-guided boxes: milliseconds per frame
 
 
 def _query_images(seqs, proto) -> list[tuple[np.ndarray, tuple[float, float, float, float] | None]]:
@@ -341,11 +345,12 @@ def run_region_method(spec: MethodSpec, base: Preset, seqs, proto, device: str, 
     disk = _disk_cache(cache, key, seqs, proto)
     if key not in cache and disk is not None and disk.is_file():
         with np.load(disk) as z:
-            cache[key] = {k: z[k] for k in ("frame", "boxes", "avg", "max")}, float(z["seconds"]), \
+            cache[key] = {k: z[k] if k in z.files else np.ones(len(z["frame"]), np.int8)
+                          for k in ("frame", "boxes", "avg", "max", "level")}, float(z["seconds"]), \
                 Engine(preset.replace(pooling="avg"), device)
     if key not in cache:
         engine = Engine(preset.replace(pooling="avg"), device)
-        regs = {"frame": [], "boxes": [], "avg": [], "max": []}
+        regs = {"frame": [], "boxes": [], "avg": [], "max": [], "level": []}
         t0 = time.perf_counter()
         for group in _reference_batches(seqs, proto, batch):
             rows = [r for r, _ in group]
@@ -355,6 +360,7 @@ def run_region_method(spec: MethodSpec, base: Preset, seqs, proto, device: str, 
             regs["boxes"].append(out.boxes)
             regs["avg"].append(out.vectors)
             regs["max"].append(out.extra)
+            regs["level"].append(out.level)
             if progress:
                 progress(len(group))
         seconds = time.perf_counter() - t0
@@ -369,7 +375,9 @@ def run_region_method(spec: MethodSpec, base: Preset, seqs, proto, device: str, 
     engine.preset = engine.preset.replace(pooling=pool)
     views = [np.stack(query_views(engine, img, box, sizes)) for img, box in _query_images(seqs, proto)]
     engine.preset = engine.preset.replace(pooling="avg")
-    if spec.whiten if spec.whiten is not None else base.whiten:
+    raw_views = views
+    whitened = spec.whiten if spec.whiten is not None else base.whiten
+    if whitened:
         w = Whitening.fit(vectors, shrink=1e-3)
         vectors, views = w.apply(vectors), [w.apply(v) for v in views]
     sims = np.stack([(v @ vectors.T).max(0) for v in views])  # (Q, N regions), each at its best view
@@ -377,6 +385,7 @@ def run_region_method(spec: MethodSpec, base: Preset, seqs, proto, device: str, 
     scores = np.full((len(views), n_ref), -np.inf, dtype=np.float32)
     boxes = np.zeros((len(views), n_ref, 4), dtype=np.float32)
     frame = regs["frame"]
+    levels = np.ones((len(views), n_ref), dtype=np.int8)
     for qi in range(len(views)):
         order = np.argsort(-sims[qi], kind="stable")
         seen = np.zeros(n_ref, dtype=bool)
@@ -386,7 +395,43 @@ def run_region_method(spec: MethodSpec, base: Preset, seqs, proto, device: str, 
                 seen[f] = True
                 scores[qi, f] = sims[qi, j]
                 boxes[qi, f] = regs["boxes"][j]
-    return Scored(scores, boxes, len(frame) / max(1, n_ref), n_ref / max(seconds, 1e-9))
+                levels[qi, f] = regs["level"][j]
+    scored = Scored(scores, boxes, len(frame) / max(1, n_ref), n_ref / max(seconds, 1e-9))
+    if spec.refine:
+        engine.preset = engine.preset.replace(pooling=pool)
+        _refine_true_positives(scored, levels, engine, raw_views, w if whitened else None, seqs, proto)
+        engine.preset = engine.preset.replace(pooling="avg")
+    return scored
+
+
+def _refine_true_positives(scored: Scored, levels: np.ndarray, engine, views, whitening, seqs, proto,
+                           loc_k: int = 50) -> None:
+    """Query-guided boxes (refine.py) on the true positives among each query's top loc_k: the
+    frames whose boxes localisation is measured on; ranking stays as it is."""
+    from .refine import query_patch, refine_box, refine_layer
+
+    queries = _query_images(seqs, proto)
+    layer = refine_layer(engine)
+    frames, seconds = 0, 0.0
+    for qi in range(len(views)):
+        relevant, left_out = proto.judgements(seqs, qi)
+        s = np.where(left_out, -np.inf, scored.scores[qi])
+        top = np.lexsort((relevant.astype(int), -s))[:loc_k]
+        img, box = queries[qi]
+        qw, qh = (img.shape[1], img.shape[0]) if box is None else (box[2] - box[0], box[3] - box[1])
+        q = query_patch(engine, layer, img, box, engine.preset.long_side)
+        for r in top:
+            if not relevant[r]:
+                continue
+            si, i = proto.references[r]
+            ref = read_image(seqs[si].frames[i])
+            t0 = time.perf_counter()
+            out = refine_box(engine, layer, ref, q, scored.boxes[qi, r], qw / max(qh, 1e-6))
+            seconds += time.perf_counter() - t0
+            frames += 1
+            scored.boxes[qi, r] = out.box
+    scored.notes.append(f"refine: {frames} frames, {1000 * seconds / max(1, frames):.0f} ms per frame")
+    scored.refine_ms = 1000 * seconds / max(1, frames)
 
 
 def run_baseline(method: str, base: Preset, seqs, proto, device: str, batch: int, cache: dict, progress=None,
@@ -495,6 +540,7 @@ def metrics(scored: Scored, seqs, proto, loc_k: int = 50) -> dict:
     result = _summary(overall, ious)
     result["regions_per_frame"] = round(scored.regions_per_frame, 2)
     result["frames_per_s"] = round(scored.frames_per_s, 3)
+    result["refine_ms_per_frame"] = None if scored.refine_ms is None else round(scored.refine_ms, 1)
     result["buckets"] = {b: {**_summary(aps, b_ious), "queries": len(aps["map@all"]), "references": len(b_refs)}
                          for b, (aps, b_ious, b_refs) in per_bucket.items()}
     result["per_query"] = per_query

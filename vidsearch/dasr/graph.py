@@ -119,9 +119,10 @@ class Graph:
                                 op.count_include_pad)
         raise AssertionError(op.kind)
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+        """Every op's output, up to op `upto` (default: the later of the peak and feature layers)."""
         values: list[torch.Tensor] = [x]
-        for i in range(1, self.last + 1):
+        for i in range(1, (self.last if upto is None else upto) + 1):
             values.append(self.apply(i, [values[j] for j in self.ops[i].inputs]))
         return values
 
