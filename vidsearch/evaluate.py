@@ -408,7 +408,7 @@ def _refine_true_positives(scored: Scored, levels: np.ndarray, engine, views, wh
                            loc_k: int = 50) -> None:
     """Query-guided boxes (refine.py) on the true positives among each query's top loc_k: the
     frames whose boxes localisation is measured on; ranking stays as it is."""
-    from .refine import query_patch, refine_box, refine_layer
+    from .refine import make_template, refine_box, refine_layer
 
     queries = _query_images(seqs, proto)
     layer = refine_layer(engine)
@@ -418,15 +418,14 @@ def _refine_true_positives(scored: Scored, levels: np.ndarray, engine, views, wh
         s = np.where(left_out, -np.inf, scored.scores[qi])
         top = np.lexsort((relevant.astype(int), -s))[:loc_k]
         img, box = queries[qi]
-        qw, qh = (img.shape[1], img.shape[0]) if box is None else (box[2] - box[0], box[3] - box[1])
-        q = query_patch(engine, layer, img, box, engine.preset.long_side)
+        templates = [make_template(engine, layer, img, box)]
         for r in top:
             if not relevant[r]:
                 continue
             si, i = proto.references[r]
             ref = read_image(seqs[si].frames[i])
             t0 = time.perf_counter()
-            out = refine_box(engine, layer, ref, q, scored.boxes[qi, r], qw / max(qh, 1e-6))
+            out = refine_box(engine, layer, ref, templates, scored.boxes[qi, r])
             seconds += time.perf_counter() - t0
             frames += 1
             scored.boxes[qi, r] = out.box

@@ -1,0 +1,49 @@
+"""Query-guided boxes: a template cut from the query's box finds the object near a rough
+region box, at another size, with real weights on real photos."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vidsearch.config import Preset
+from vidsearch.evaluate import iou
+from vidsearch.refine import make_template, refine_box, refine_layer
+from vidsearch.testsets import collage, object_image, paste
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from vidsearch.dasr.engine import Engine
+
+    return Engine(Preset(peaks="local_max", nms_iou=None), "cpu")
+
+
+def scene_with(obj: str, px: int, xy: tuple[int, int], seed: int, size=(640, 360)) -> tuple[np.ndarray, tuple]:
+    frame = collage(["grass", "brick", "camera", "moon"], size, seed=seed).copy()
+    img, alpha = object_image(obj)
+    s = px / max(img.shape[:2])
+    w, h = int(round(img.shape[1] * s)), int(round(img.shape[0] * s))
+    paste(frame, np.asarray(Image.fromarray(img).resize((w, h))), np.asarray(Image.fromarray(alpha).resize((w, h))), *xy)
+    return frame, (xy[0], xy[1], xy[0] + w, xy[1] + h)
+
+
+def test_the_layer_is_finer_than_the_descriptors(engine):
+    layer = refine_layer(engine)
+    assert layer < engine.graph.feature and engine.graph.ops[layer].nonneg
+
+
+@pytest.mark.parametrize("obj,query_px,px,xy", [("cup", 120, 80, (400, 200)), ("rocket", 100, 140, (90, 120)),
+                                                 ("logo", 90, 60, (300, 60))])
+def test_a_rough_region_becomes_the_objects_box(engine, obj, query_px, px, xy):
+    layer = refine_layer(engine)
+    query, qbox = scene_with(obj, query_px, (100, 100), seed=1)
+    frame, truth = scene_with(obj, px, xy, seed=2)
+    # a region as DASR often returns it: the object and much around it, off-centre
+    w, h = truth[2] - truth[0], truth[3] - truth[1]
+    rough = (truth[0] - 0.9 * w, truth[1] - 0.3 * h, truth[2] + 0.4 * w, truth[3] + 0.8 * h)
+    assert iou(rough, truth) < 0.35
+    for template in (make_template(engine, layer, query, qbox),  # a frame and its box
+                     make_template(engine, layer, query[qbox[1]:qbox[3], qbox[0]:qbox[2]])):  # a crop alone
+        out = refine_box(engine, layer, frame, [template], rough)
+        assert iou(out.box, truth) > 0.6, (out, truth)
+        assert 0 < out.score <= 1
