@@ -416,7 +416,8 @@ def grab_frame(path: str | Path, time: float, index: int, info: VideoInfo | None
     container = _open(Path(path))
     try:
         stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
+        # No frame threading here: leaving the decode loop early with frames in flight can hang
+        # FFmpeg when the codec is freed (PyAV #909/#367; seen in `find --refine`).
         if info.has_pts and stream.time_base:
             container.seek(max(0, int((time - 1.0) / float(stream.time_base))) + (stream.start_time or 0),
                            stream=stream, backward=True, any_frame=False)
