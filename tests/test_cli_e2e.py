@@ -76,7 +76,7 @@ def test_json_schema(world):
         assert s["fps"] == "24" and s["start"] <= s["best"]["time"] < s["end"]
         assert s["start_tc"].count(":") == 3
         for h in s["hits"] + [s["best"]]:
-            assert set(h) == {"time", "frame", "box", "score", "kind"} and h["kind"] in ("region", "frame")
+            assert set(h) == {"time", "frame", "box", "score", "kind", "refined"} and h["kind"] in ("region", "frame")
             x1, y1, x2, y2 = h["box"]
             assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 360  # the video's own pixels
             assert h["frame"] == round(h["time"] * 24)

@@ -86,3 +86,18 @@ def test_a_crop_of_a_sampled_frame_finds_that_frame(tmp_path):
     result = run("find", "-q", tmp_path / "third.png", "-l", lib, "--json", "--device", "cpu")
     segs = json.loads(result.stdout)["segments"]
     assert segs and segs[0]["best"]["frame"] == 96
+
+
+def test_refined_boxes_fit_the_object_and_keep_the_ranking(full_hd):
+    args = ("find", "-q", full_hd["root"] / "crop.png", "-l", full_hd["lib"], "--json", "--device", "cpu")
+    plain = json.loads(run(*args, "--no-refine").stdout)["segments"]
+    refined = json.loads(run(*args).stdout)["segments"]
+    key = lambda segs: [(s["video"], [(h["frame"], h["score"]) for h in s["hits"]]) for s in segs]  # noqa: E731
+    assert key(plain) == key(refined)  # refinement moves boxes, never hits or scores
+    hits = [(p, r) for sp, sr in zip(plain, refined) if Path(sr["video"]).name == "target.mp4"
+            for p, r in zip(sp["hits"], sr["hits"])]
+    assert hits and all(r["refined"] and not p["refined"] for p, r in hits)
+    before = [iou(p["box"], full_hd["boxes"][p["frame"]]) for p, _ in hits]
+    after = [iou(r["box"], full_hd["boxes"][r["frame"]]) for _, r in hits]
+    assert min(after) >= 0.5, (before, after)  # the logo's own box on every hit frame
+    assert sum(after) / len(after) > sum(before) / len(before) + 0.2, (before, after)

@@ -307,7 +307,12 @@ class FindResult:
 
 def find(images: list[str], boxes: list[str] | None = None, library: str | None = None, top: int = 20,
          min_score: float | None = None, query_video: str | None = None, at: str | None = None,
-         device: str = "auto", weights: str | None = None, preset: str | None = None) -> FindResult:
+         device: str = "auto", weights: str | None = None, preset: str | None = None, refine: bool = True,
+         refine_frames: int | None = None, progress=None) -> FindResult:
+    """Search the library; with `refine`, the boxes of the frames shown (every segment's best
+    hit first, then the rest, up to `refine_frames`: by default 200 on a GPU, 20 on the CPU)
+    are looked for again with the query.
+    `progress(total)` returns a callback taking a number of refined frames."""
     if top < 1:
         raise InputError(f"--top must be at least 1, got {top}")
     lib = Library.open(library)
@@ -327,6 +332,9 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
         w = lib.whitening()
         result = search(lib, index, w.apply(raw) if w is not None else raw, top=top, min_score=min_score)
         notes = [m for q in queries for m in q.warnings]
+        if refine and result.segments:
+            limit = refine_frames or (200 if engine.device.type == "cuda" else 20)
+            notes += refine_hits(engine, queries, result.segments, limit, progress)
         _, bad = lib.readable_videos()
         notes += [f"skipped {v.path}: its shard is unreadable ({why}); re-index it" for v, why in bad]
         return FindResult(queries, str(lib.root), stored.name, result, notes)
@@ -337,14 +345,51 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
 # ----------------------------------------------------------------------------- pictures
 
 
+def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progress=None) -> list[str]:
+    """Query-guided boxes (refine.py) on hit frames: each segment's best hit first, then the
+    others in segment order, up to `limit` frames. Ranking and scores stay; boxes change and
+    say so. Returns notes for the user (frames that could not be decoded)."""
+    from .refine import make_template, refine_box, refine_layer
+    from .video import grab_frame
+
+    layer = refine_layer(engine)
+    templates = []
+    for q in queries:
+        h, w = q.image.shape[:2]
+        whole = q.box[0] <= 0 and q.box[1] <= 0 and q.box[2] >= w and q.box[3] >= h
+        templates.append(make_template(engine, layer, q.image, None if whole else q.box))
+    order = [(s, s.best) for s in segments] + [(s, h) for s in segments for h in s.hits if h is not s.best]
+    notes = [f"boxes refined on the first {limit} of {len(order)} hit frames (each segment's best first); "
+             f"--refine-frames N for more"] if len(order) > limit else []
+    order = order[:limit]
+    tick = progress(len(order)) if progress else None
+    infos, failed = {}, set()
+    for seg, hit in order:
+        path = seg.video.path
+        try:
+            info = infos[path] = infos.get(path) or probe(path)
+            frame = grab_frame(path, hit.time, hit.frame, info)
+        except VidsearchError:
+            failed.add(path)
+            continue
+        finally:
+            if tick:
+                tick(1)
+        hit.box = list(refine_box(engine, layer, frame, templates, hit.box).box)
+        hit.refined = True
+    return notes + [f"boxes in {p} were not refined: it cannot be decoded any more" for p in sorted(failed)]
+
+
 def best_frames(segments) -> dict[int, np.ndarray]:
     """Full-resolution best frame per segment (by position); missing files are skipped."""
     from .video import grab_frame
 
     frames: dict[int, np.ndarray] = {}
+    infos: dict = {}
     for i, seg in enumerate(segments):
         try:
-            frames[i] = grab_frame(seg.video.path, seg.best.time, seg.best.frame)
+            info = infos[seg.video.path] = infos.get(seg.video.path) or probe(seg.video.path)
+            frames[i] = grab_frame(seg.video.path, seg.best.time, seg.best.frame, info)
         except VidsearchError:
             continue
     return frames

@@ -114,12 +114,20 @@ def find(
     previews: bool = typer.Option(True, "--previews/--no-previews", help="Terminal thumbnails of the best frames."),
     device: str = DEVICE,
     weights: Optional[str] = WEIGHTS,
+    refine: bool = typer.Option(True, "--refine/--no-refine", help="Look for each shown hit's box again with the query (boxes only; ranking stays)."),
+    refine_frames: Optional[int] = typer.Option(None, "--refine-frames", min=1, help="At most this many hit frames refined, best hits first (default: 200 on a GPU, 20 on the CPU, about 1 s each there)."),
 ) -> None:
     """Find where the query object appears: segments with timecodes, boxes and previews."""
     if export_format and not export_out:
         raise VidsearchError("--export needs -o FILE")
-    result = api.find([str(q) for q in query], box, str(library) if library else None, top, min_score,
-                      str(query_video) if query_video else None, at, device, weights)
+    with _fps_progress(err) as progress:
+        def start(total: int):
+            task = progress.add_task("refining boxes", total=total, rate="")
+            return lambda n: progress.advance(task, n)
+
+        result = api.find([str(q) for q in query], box, str(library) if library else None, top, min_score,
+                          str(query_video) if query_video else None, at, device, weights, refine=refine,
+                          refine_frames=refine_frames, progress=start)
     data = result.to_dict()
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
@@ -307,7 +315,8 @@ def demo(
     err.print(f"2/3 vidsearch index {video} --library {workdir / 'library'}")
     index([video], workdir / "library", preset, None, None, device, 4, "decord", None, 0.0, None)
     err.print(f"3/3 vidsearch find --query {crop} --library {workdir / 'library'} --out {workdir / 'hits'}")
-    find([crop], [], None, None, workdir / "library", 5, None, False, workdir / "hits", None, None, True, device, None)
+    find([crop], [], None, None, workdir / "library", 5, None, False, workdir / "hits", None, None, True, device, None,
+         True, 100)
 
 
 def main() -> None:  # pragma: no cover

@@ -61,9 +61,12 @@ def refine_layer(engine) -> int:
 
 
 def _stride(engine, layer: int) -> float:
-    x = torch.zeros(1, 3, 256, 256, device=engine.device)
-    with torch.no_grad():
-        return 256 / engine.graph.forward(x, upto=layer)[layer].shape[-1]
+    known = engine.__dict__.setdefault("_refine_strides", {})  # one probe per engine and layer
+    if layer not in known:
+        x = torch.zeros(1, 3, 256, 256, device=engine.device)
+        with torch.no_grad():
+            known[layer] = 256 / engine.graph.forward(x, upto=layer)[layer].shape[-1]
+    return known[layer]
 
 
 def _features(engine, layer: int, image: np.ndarray, window, scale: float):

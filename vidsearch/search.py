@@ -18,10 +18,11 @@ class Hit:
     box: list[float]
     score: float
     kind: str = "region"  # "region": a salient region; "frame": the whole-frame region matched
+    refined: bool = False  # the box was looked for again with the query (refine.py)
 
     def to_dict(self) -> dict:
         return {"time": round(self.time, 6), "frame": self.frame, "box": [round(v, 1) for v in self.box],
-                "score": round(self.score, 4), "kind": self.kind}
+                "score": round(self.score, 4), "kind": self.kind, "refined": self.refined}
 
 
 @dataclass
