@@ -129,13 +129,17 @@ class Engine:
         parts = [self.extract(frames, extra_pooling, whole_frame=p.whole_frame)]
         for level in sorted({v.level for v in views} - {1}):
             tiles = [v for v in views if v.level == level]
-            crops = np.stack([f[y1:y2, x1:x2] for f in frames for x1, y1, x2, y2 in (v.box for v in tiles)])
-            r = self.extract(crops, extra_pooling)
-            offset = np.array([tiles[i % len(tiles)].box[:2] * 2 for i in r.frame], dtype=np.float32).reshape(-1, 4)
-            r.boxes = r.boxes + offset
-            r.frame = r.frame // len(tiles)
-            r.level = np.full(len(r.frame), level, dtype=np.int8)
-            parts.append(r)
+            crops = [f[y1:y2, x1:x2] for f in frames for x1, y1, x2, y2 in (v.box for v in tiles)]
+            # at most as many tiles per pass as frames in the batch: the tape's memory grows with
+            # the images in a pass, and the caller's batch size is what it can afford
+            for start in range(0, len(crops), b):
+                r = self.extract(np.stack(crops[start : start + b]), extra_pooling)
+                crop = r.frame + start
+                offset = np.array([tiles[i % len(tiles)].box[:2] * 2 for i in crop], dtype=np.float32).reshape(-1, 4)
+                r.boxes = r.boxes + offset
+                r.frame = crop // len(tiles)
+                r.level = np.full(len(r.frame), level, dtype=np.int8)
+                parts.append(r)
         regions = Regions.concat(parts)
         if len(parts) > 1:
             keep = merge_views(torch.from_numpy(regions.boxes), torch.from_numpy(regions.scores),
