@@ -63,12 +63,12 @@ def test_merge_keeps_whole_frames_and_drops_duplicates_across_views():
 
 
 @pytest.fixture(scope="module")
-def engine():
+def engine(device):
     from vidsearch.dasr.engine import Engine
 
     # small enough for the CPU: 2x2 tiles of 96 px on a 192x108 frame
     return Engine(Preset(peaks="local_max", nms_iou=None, long_side=96, tiles=(1, 2), view_nms_iou=None,
-                         whole_frame=True), "cpu")
+                         whole_frame=True), device)
 
 
 def test_tile_regions_are_the_tiles_own_regions_moved_into_the_frame(engine):
@@ -142,4 +142,30 @@ def test_regions_are_scored_by_their_best_view():
     assert np.allclose(scores, want, atol=1e-5) and len(set(ids.tolist())) == len(ids)
     assert {7, 42} <= set((ids & 0xFFFFFFFF).tolist())
     # the threshold comes from the same best-view scores
-    assert auto_threshold(index, q) >= auto_threshold(index, q[:1]) - 0.05
+    assert auto_threshold(index, q)[0] >= auto_threshold(index, q[:1])[0] - 0.05
+
+
+def test_a_uniform_library_still_shows_its_best_match_and_says_why():
+    # One scene everywhere: every region scores 0.5 +- 0.1 against the query, the best 0.6, so
+    # the background rule (median + 3 sigma) would sit above every match.
+    rng = np.random.default_rng(2)
+    q = np.zeros(16, np.float32)
+    q[0] = 1
+    cos = np.clip(rng.normal(0.5, 0.1, 300), 0.2, 0.6)
+    cos[17] = 0.6 + 1e-3
+    v = np.zeros((300, 16), np.float32)
+    v[:, 0], v[:, 1] = cos, np.sqrt(1 - cos**2)
+    index = faiss.IndexIDMap2(faiss.IndexFlatIP(16))
+    index.add_with_ids(v, region_ids(1, len(v)))
+    threshold, note = auto_threshold(index, q[None])
+    assert threshold == pytest.approx(cos[17], abs=1e-5) and "does not stand out" in note
+    _, ids = retrieve(index, q[None], threshold)
+    assert (ids & 0xFFFFFFFF).tolist() == [17]
+    # a library where the match stands out: the usual rule, no note
+    cos[:] = np.clip(rng.normal(0.1, 0.03, 300), 0, 0.2)
+    cos[17] = 0.6
+    v[:, 0], v[:, 1] = cos, np.sqrt(1 - cos**2)
+    index.reset()
+    index.add_with_ids(v, region_ids(1, len(v)))
+    threshold, note = auto_threshold(index, q[None])
+    assert note is None and 0.2 < threshold < 0.6

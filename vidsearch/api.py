@@ -331,7 +331,7 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
         raw = np.stack([fuse([v[0] for v in views])] + [x for v in views for x in v[1:]])
         w = lib.whitening()
         result = search(lib, index, w.apply(raw) if w is not None else raw, top=top, min_score=min_score)
-        notes = [m for q in queries for m in q.warnings]
+        notes = [m for q in queries for m in q.warnings] + ([result.note] if result.note else [])
         if refine and result.segments:
             limit = refine_frames or (200 if engine.device.type == "cuda" else 20)
             notes += refine_hits(engine, queries, result.segments, limit, progress)

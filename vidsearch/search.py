@@ -94,13 +94,22 @@ def background_stats(index, q: np.ndarray, sample: int = 20000, seed: int = 0, e
     return med, max(float(np.median(np.abs(s - med))) * 1.4826, 1e-3)
 
 
-def auto_threshold(index, q: np.ndarray, exact=None) -> float:
+def auto_threshold(index, q: np.ndarray, exact=None) -> tuple[float, str | None]:
     """A frame counts when its best region beats the background by 3 robust sigmas and is within
     60 % of the best match in the library; 6 sigmas always count. Measured on generated videos:
-    true frames score 0.45-0.67, background regions <= 0.13 (Lite0, 512 px, no whitening)."""
+    true frames score 0.45-0.67, background regions <= 0.13 (Lite0, 512 px, no whitening).
+
+    The background is the library's own regions, so in a small library filled with one scene
+    (the object in every frame) it is the object's own surroundings and can sit above every
+    match. The best match is then still returned, with a note saying why it may be alone."""
     med, sigma = background_stats(index, q, exact=exact)
     best = float(index.search(as_views(q), 1)[0][:, 0].max())
-    return max(med + 3 * sigma, min(med + 6 * sigma, 0.6 * best))
+    rule = max(med + 3 * sigma, min(med + 6 * sigma, 0.6 * best))
+    if rule <= best:
+        return rule, None
+    return best, (f"the best match ({best:.2f}) does not stand out from the library's other regions "
+                  f"(median {med:.2f}, sigma {sigma:.2f}): only the best frame is shown; "
+                  f"--min-score S shows everything above S")
 
 
 def retrieve(index, q: np.ndarray, min_score: float, max_regions: int = 200_000, max_k: int | None = None,
@@ -200,6 +209,7 @@ class SearchResult:
     threshold: float
     regions_scored: int
     region_hits: int
+    note: str | None = None  # why the automatic threshold was capped, for the user
 
 
 def search(lib: Library, index, q: np.ndarray, top: int = 20, min_score: float | None = None,
@@ -212,7 +222,7 @@ def search(lib: Library, index, q: np.ndarray, top: int = 20, min_score: float |
 
         preset = lib.preset()
         faiss.extract_index_ivf(index.index).nprobe = preset.nprobe if preset else 32
-    threshold = auto_threshold(index, q, exact) if min_score is None else min_score
+    threshold, note = auto_threshold(index, q, exact) if min_score is None else (min_score, None)
     scores, ids = retrieve(index, q, threshold, exact=exact)
     shards = {int(v): lib.load_shard(int(v), SEARCH_FIELDS) for v in np.unique(ids >> 32)}
     segments: list[Segment] = []
@@ -223,4 +233,4 @@ def search(lib: Library, index, q: np.ndarray, top: int = 20, min_score: float |
         shard = shards[vid]
         segments.extend(group_segments(video, hits, shard["sample_frame"], shard["sample_time"], bridge))
     segments.sort(key=lambda s: -s.score)
-    return SearchResult(segments[:top] if top else segments, threshold, index.ntotal, len(ids))
+    return SearchResult(segments[:top] if top else segments, threshold, index.ntotal, len(ids), note)
