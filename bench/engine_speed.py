@@ -47,6 +47,8 @@ def run_engine(engine: Engine, batch: np.ndarray, repeats: int) -> dict:
     engine.extract(batch[: min(2, len(batch))])  # warm-up (allocations, cudnn autotune)
     engine.timings.clear()
     sync(engine.device)
+    if engine.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     regions = 0
     for _ in range(repeats):
@@ -55,6 +57,8 @@ def run_engine(engine: Engine, batch: np.ndarray, repeats: int) -> dict:
     total = time.perf_counter() - t0
     n = len(batch) * repeats
     out = {"frames_per_s": n / total, "ms_per_frame": 1000 * total / n, "regions_per_frame": regions / n}
+    if engine.device.type == "cuda":
+        out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     for stage, seconds in engine.timings.items():
         out[f"{stage}_ms_per_frame"] = 1000 * seconds / n
     return out
@@ -110,7 +114,7 @@ def main() -> None:
     device = str(engine.device) + (f" ({torch.cuda.get_device_name(0)})" if engine.device.type == "cuda" else
                                    f" ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
     cols = ("frames_per_s", "ms_per_frame", "forward_ms_per_frame", "backprop_ms_per_frame", "boxes_ms_per_frame",
-            "pooling_ms_per_frame", "regions_per_frame", "ms_per_peak", "speedup_backprop_per_peak")
+            "pooling_ms_per_frame", "regions_per_frame", "ms_per_peak", "speedup_backprop_per_peak", "peak_gpu_mb")
     lines = ["| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in rows.items():
         lines.append(f"| {name} | " + " | ".join(f"{r[c]:.2f}" if c in r else "" for c in cols) + " |")

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-COLUMNS = ("map@50", "map@100", "map@all", "loc_recall@0.5", "miou", "regions_per_frame", "frames_per_s")
+COLUMNS = ("map@50", "map@100", "map@all", "loc_recall@0.5", "miou", "regions_per_frame", "frames_per_s",
+           "refine_ms_per_frame")
 BUCKET_COLUMNS = ("map@all", "loc_recall@0.5", "miou")
 
 
@@ -66,7 +67,7 @@ def run(args) -> str:
              f"{p['references']} references, stride {p['stride']}",
              "", "| method | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for name, m in result["methods"].items():
-        lines.append(f"| {name} | " + " | ".join("-" if m[c] is None else f"{m[c]:.3f}" for c in COLUMNS) + " |")
+        lines.append(f"| {name} | " + " | ".join("-" if m.get(c) is None else f"{m[c]:.3f}" for c in COLUMNS) + " |")
     first = next(iter(result["methods"].values()))["buckets"]
     counts = ", ".join(f"{b} {v['queries']} queries / {v['references']} references" for b, v in first.items())
     lines += ["", f"Per object size (target area / frame area; {counts}):", "",
@@ -77,6 +78,9 @@ def run(args) -> str:
         lines.append(f"| {name} | " + " | ".join("-" if v is None else f"{v:.3f}" for v in cells) + " |")
     text = "\n".join(lines) + "\n\n"
     results = HERE / "RESULTS.md"
+    if not getattr(args, "results", True):
+        print(text)
+        return text
     if not results.exists():
         results.write_text("# Benchmark results\n\nEach section was appended by a script in bench/; nothing here is edited by hand.\n\n")
     with results.open("a") as f:

@@ -54,6 +54,8 @@ def main() -> None:
     ap.add_argument("--stride", type=int, default=4)
     ap.add_argument("--protocols", default="tracking/frame,cross-scene/frame,cross-scene/crop")
     ap.add_argument("--cache", help="vidsearch eval --cache DIR (default: OUT/cache)")
+    ap.add_argument("--no-results", action="store_true", help="print the tables, do not append them to RESULTS.md")
+    ap.add_argument("--json-dir", help="also keep each protocol's full JSON here, as small-PROTOCOL-MODE.json")
     args = ap.parse_args()
     out = Path(args.out)
     w, h = (int(v) for v in args.size.split("x"))
@@ -69,7 +71,9 @@ def main() -> None:
         protocol, mode = pm.split("/")
         run = argparse.Namespace(data=str(out), device=args.device, preset=args.preset, stride=args.stride,
                                  max_frames=None, method=args.method, protocol=protocol, query_mode=mode,
-                                 cache=args.cache or str(out / "cache"), json_out=None,
+                                 cache=args.cache or str(out / "cache"),
+                                 results=not args.no_results,
+                                 json_out=args.json_dir and str(Path(args.json_dir) / f"small-{protocol}-{mode}.json"),
                                  title=f"Small objects ({args.scenes} scenes, {args.size}, objects {args.sizes} px): "
                                        f"{protocol}, {mode} queries")
         eval_dev.run(run)

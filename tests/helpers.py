@@ -20,3 +20,23 @@ def photo_batch(name: str, long_side: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     s = long_side / max(h, w)
     return F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", antialias=True)
+
+
+def run(*args, ok: bool = True):
+    """The real CLI, in process; with `ok`, it must succeed."""
+    from typer.testing import CliRunner
+
+    from vidsearch.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if ok:
+        assert result.exit_code == 0, (result.output, result.exception)
+    return result
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two x1, y1, x2, y2 boxes."""
+    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)

@@ -7,28 +7,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
 from vidsearch import api
-from vidsearch.cli import app
 from vidsearch.sample import make_sample, object_crop
 
+from .helpers import iou, run
+
 PRESET = str(Path(__file__).parent / "presets" / "e2e.toml")
-runner = CliRunner()
 
 
-def run(*args, ok=True):
-    result = runner.invoke(app, [str(a) for a in args])
-    if ok:
-        assert result.exit_code == 0, (result.output, result.exception)
-    return result
-
-
-def iou(a, b):
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 @pytest.fixture(scope="module")
@@ -188,7 +175,7 @@ def test_errors_are_one_line_and_leave_the_library_alone(world, tmp_path):
         (["status", "-l", world["root"]], "not a vidsearch library"),
     ]
     for args, msg in cases:
-        result = runner.invoke(app, [str(a) for a in args])
+        result = run(*args, ok=False)
         assert result.exit_code != 0, args
         assert msg in result.output, (args, result.output)
         assert "Traceback" not in result.output
@@ -204,7 +191,7 @@ def test_second_writer_is_told_who_holds_the_lock(world, tmp_path):
     holder = Library.open(lib)
     try:
         with holder.writer():
-            result = runner.invoke(app, ["index", str(world["video"]), "-l", str(lib)])
+            result = run("index", world["video"], "-l", lib, ok=False)
             assert result.exit_code == 3 and "being written by pid" in result.output
     finally:
         holder.close()

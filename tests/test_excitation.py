@@ -113,15 +113,16 @@ RULES = [("resnet50", r, m) for r in ("merged", "split", "copy") for m in ("sum"
 
 
 @pytest.mark.parametrize("name,residual,maxpool", RULES)
-def test_batched_engine_equals_per_peak_reference(name, residual, maxpool):
+def test_batched_engine_equals_per_peak_reference(name, residual, maxpool, device):
     graph, x = _random_case(name, (64, 96))
     rules = Rules(residual=residual, maxpool=maxpool)
-    tape = Tape(graph, x, rules)
+    tape = Tape(graph.to(device), x.to(device), rules)
     peak = tape.values[graph.peak][0]
     pos, _ = find_peaks(peak.mean(0), "above_mean")
     seeds = make_seeds(peak, pos[:4], "activations")
-    fast = tape.backprop(0, seeds)
-    graph64 = graph.to("cpu", torch.float64)
+    fast = tape.backprop(0, seeds).cpu()
+    seeds = seeds.cpu()
+    graph64 = graph.to("cpu", torch.float64)  # the reference: one backward per peak, in float64 on the CPU
     slow = reference_maps(graph64, x.double(), seeds, rules)
     graph.to("cpu", torch.float32)
     assert fast.shape == slow.shape == (seeds.shape[0], 64, 96)
@@ -132,10 +133,11 @@ def test_batched_engine_equals_per_peak_reference(name, residual, maxpool):
         assert torch.allclose(fast.sum((1, 2)), torch.ones(fast.shape[0]), atol=1e-3)
 
 
-def test_batch_of_frames_equals_frames_one_by_one():
+def test_batch_of_frames_equals_frames_one_by_one(device):
     graph, _ = _random_case("efficientnet_lite0", (64, 64))
+    graph.to(device)
     torch.manual_seed(1)
-    x = torch.randn(3, 3, 64, 64)
+    x = torch.randn(3, 3, 64, 64).to(device)
     rules = Rules()
     tape = Tape(graph, x, rules)
     for b in range(3):
@@ -147,10 +149,10 @@ def test_batch_of_frames_equals_frames_one_by_one():
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp16"])
-def test_low_precision_maps_stay_close(dtype, lite0):
+def test_low_precision_maps_stay_close(dtype, lite0, device):
     # Real weights on a real photo: random-init activations vanish below fp16's range.
-    graph = build_graph(lite0.model, lite0.peak_layer, lite0.feature_layer)
-    x = lite0.normalize(photo_batch("coffee", 96))
+    graph = build_graph(lite0.model, lite0.peak_layer, lite0.feature_layer).to(device)
+    x = lite0.normalize(photo_batch("coffee", 96)).to(device)
     ref_tape = Tape(graph, x, Rules())
     peak = ref_tape.values[graph.peak][0]
     pos, _ = find_peaks(peak.mean(0), "above_mean")
@@ -193,7 +195,7 @@ def test_unsupported_layer_is_a_clear_error():
     np.testing.assert_equal(len(build_graph(model, "0", "0").ops), 2)
 
 
-def test_peak_chunks_and_frame_batches_do_not_change_the_regions(lite0):
+def test_peak_chunks_and_frame_batches_do_not_change_the_regions(lite0, device):
     from vidsearch.config import Preset
     from vidsearch.dasr.engine import Engine
 
@@ -203,9 +205,9 @@ def test_peak_chunks_and_frame_batches_do_not_change_the_regions(lite0):
     from PIL import Image
 
     frames = np.stack([np.asarray(Image.fromarray(photo(n)).resize((192, 128))) for n in ("coffee", "rocket", "chelsea")])
-    whole = Engine(Preset(long_side=192, peak_chunk=64), "cpu", backbone=lite0).extract(frames)
-    chunked = Engine(Preset(long_side=192, peak_chunk=3), "cpu", backbone=lite0).extract(frames)
-    single = [Engine(Preset(long_side=192, peak_chunk=3), "cpu", backbone=lite0).extract(frames[i : i + 1]) for i in range(3)]
+    whole = Engine(Preset(long_side=192, peak_chunk=64), device, backbone=lite0).extract(frames)
+    chunked = Engine(Preset(long_side=192, peak_chunk=3), device, backbone=lite0).extract(frames)
+    single = [Engine(Preset(long_side=192, peak_chunk=3), device, backbone=lite0).extract(frames[i : i + 1]) for i in range(3)]
     assert np.array_equal(whole.frame, chunked.frame)
     assert np.allclose(whole.boxes, chunked.boxes, atol=1e-3) and np.allclose(whole.vectors, chunked.vectors, atol=1e-5)
     assert np.allclose(np.concatenate([s.boxes for s in single]), whole.boxes, atol=1e-2)

@@ -3,7 +3,6 @@ level/kind) keep working as they are; asking for today's preset on one is refuse
 
 import json
 import sqlite3
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -12,10 +12,10 @@ from vidsearch.testsets import collage, object_image, paste
 
 
 @pytest.fixture(scope="module")
-def engine():
+def engine(device):
     from vidsearch.dasr.engine import Engine
 
-    return Engine(Preset(peaks="local_max", nms_iou=None), "cpu")
+    return Engine(Preset(peaks="local_max", nms_iou=None), device)
 
 
 def scene_with(obj: str, px: int, xy: tuple[int, int], seed: int, size=(640, 360)) -> tuple[np.ndarray, tuple]:

@@ -7,28 +7,16 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-from typer.testing import CliRunner
 
-from vidsearch.cli import app
 from vidsearch.sample import make_sample, write_video
 from vidsearch.testsets import SeqSpec, collage, default_scenes, render_sequence
 from vidsearch.video import grab_frame
 
+from .helpers import iou, run
+
 SMALL = str(Path(__file__).parent / "presets" / "small.toml")
-runner = CliRunner()
 
 
-def run(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, (result.output, result.exception)
-    return result
-
-
-def iou(a, b):
-    ix = max(0, min(a[2], b[2]) - max(a[0], b[0]))
-    iy = max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = ix * iy
-    return inter / ((a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter)
 
 
 @pytest.fixture(scope="module")

