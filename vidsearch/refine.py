@@ -132,13 +132,22 @@ def _match(engine, layer: int, frame: np.ndarray, t: Template, box0, zoom: float
     num = F.conv2d(f, t.cells)[0, 0]
     den = F.conv2d(f.pow(2).sum(1, keepdim=True), torch.ones(1, 1, th, tw, device=f.device))[0, 0]
     ncc = num / den.sqrt().clamp(min=1e-12)
+    # Only places whose box overlaps the hit region: the region is why the frame is a hit, and
+    # a box elsewhere would contradict the ranking (on real footage, background texture at
+    # another zoom can correlate as well as the object).
+    k = t.scale / ((sx + sy) / 2)  # frame pixels per query pixel
+    cols = (win[0] + (torch.arange(ncc.shape[1], device=ncc.device) + t.offset[0]) * stride / sx)
+    rows = (win[1] + (torch.arange(ncc.shape[0], device=ncc.device) + t.offset[1]) * stride / sy)
+    ok = ((rows < y2) & (rows + t.size[1] * k > y1))[:, None] & ((cols < x2) & (cols + t.size[0] * k > x1))[None, :]
+    if not bool(ok.any()):
+        return None
+    ncc = ncc.masked_fill(~ok, -2.0)
     r, c = divmod(int(torch.argmax(ncc)), ncc.shape[1])
     score = float(ncc[r, c])
     r, c = _subcell(ncc, r, c)
     # the template's top-left cell lands on (r, c); the box is the query's, scaled
     bx = win[0] + (c + t.offset[0]) * stride / sx
     by = win[1] + (r + t.offset[1]) * stride / sy
-    k = t.scale / ((sx + sy) / 2)  # frame pixels per query pixel
     box = (max(0.0, bx), max(0.0, by), min(float(w), bx + t.size[0] * k), min(float(h), by + t.size[1] * k))
     return Refined(box, score, zoom)
 
