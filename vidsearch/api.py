@@ -310,7 +310,7 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
          device: str = "auto", weights: str | None = None, preset: str | None = None, refine: bool = True,
          refine_frames: int | None = None, progress=None) -> FindResult:
     """Search the library; with `refine`, the boxes of the frames shown (every segment's best
-    hit first, then the rest, up to `refine_frames`: by default 200 on a GPU, 20 on the CPU)
+    hit first, then the rest, up to `refine_frames`: by default 200 on a GPU, 10 on the CPU)
     are looked for again with the query.
     `progress(total)` returns a callback taking a number of refined frames."""
     if top < 1:
@@ -333,7 +333,7 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
         result = search(lib, index, w.apply(raw) if w is not None else raw, top=top, min_score=min_score)
         notes = [m for q in queries for m in q.warnings] + ([result.note] if result.note else [])
         if refine and result.segments:
-            limit = refine_frames or (200 if engine.device.type == "cuda" else 20)
+            limit = refine_frames or (200 if engine.device.type == "cuda" else 10)
             notes += refine_hits(engine, queries, result.segments, limit, progress)
         _, bad = lib.readable_videos()
         notes += [f"skipped {v.path}: its shard is unreadable ({why}); re-index it" for v, why in bad]

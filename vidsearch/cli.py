@@ -115,7 +115,7 @@ def find(
     device: str = DEVICE,
     weights: Optional[str] = WEIGHTS,
     refine: bool = typer.Option(True, "--refine/--no-refine", help="Look for each shown hit's box again with the query (boxes only; ranking stays)."),
-    refine_frames: Optional[int] = typer.Option(None, "--refine-frames", min=1, help="At most this many hit frames refined, best hits first (default: 200 on a GPU, 20 on the CPU, about 1 s each there)."),
+    refine_frames: Optional[int] = typer.Option(None, "--refine-frames", min=1, help="At most this many hit frames refined, best hits first (default: 200 on a GPU, 10 on the CPU, a few seconds each there)."),
 ) -> None:
     """Find where the query object appears: segments with timecodes, boxes and previews."""
     if export_format and not export_out:
