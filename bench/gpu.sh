@@ -19,9 +19,9 @@ OUT="${OUT:-$PWD/gpu-out}"
 SITE=/tmp/site
 # GPU_SH_DRY=1: the same steps on the CPU at toy sizes, to check this script without a GPU.
 if [ -n "${GPU_SH_DRY:-}" ]; then
-    DEV=cpu FRAMES=2 REPEATS=1 MINUTES=0.1 SEARCH=10000 SIZES=100 SMALL_SIZE=960x540 LIMIT=900
+    DEV=cpu FRAMES=2 REPEATS=1 MINUTES=0.05 SEARCH=10000 SIZES=100 SMALL_SIZE=960x540 LIMIT=900 PRESET=fast TESTS="-k batch"
 else
-    DEV=cuda FRAMES=64 REPEATS=2 MINUTES="1 2" SEARCH="1000000 10000000" SIZES=40,100,200 SMALL_SIZE=1920x1080 LIMIT=0
+    DEV=cuda FRAMES=64 REPEATS=2 MINUTES="1 2" SEARCH="1000000 10000000" SIZES=40,100,200 SMALL_SIZE=1920x1080 LIMIT=0 PRESET=default TESTS=
 fi
 mkdir -p "$OUT"
 
@@ -90,13 +90,13 @@ trap 'kill $SMI 2>/dev/null' EXIT
 
 # 1. Correctness on CUDA: batched engine == per-peak reference, batch == frames one by one,
 #    bf16/fp16 close to fp32, views and query-guided boxes.
-VIDSEARCH_TEST_DEVICE=$DEV step tests 150 python3 -m pytest -q -p no:cacheprovider \
+VIDSEARCH_TEST_DEVICE=$DEV step tests 150 python3 -m pytest -q -p no:cacheprovider $TESTS \
     tests/test_excitation.py tests/test_views.py tests/test_refine.py tests/test_regions_describe.py
 # 2. The engine alone at 512 px: DASR and DASR*, fp32 / bf16, against the per-peak loop.
 step engine 120 python3 bench/engine_speed.py --device $DEV --frames $FRAMES --repeats $REPEATS --loop-frames 2 \
     --json "$OUT/engine.json"
 # 3. The pipeline on generated 1080p video (1 and 2 minutes: linear growth), end to end, and search.
-step pipeline 200 python3 bench/pipeline.py --device $DEV --minutes $MINUTES --engine-frames $FRAMES --batch 16 \
+step pipeline 200 python3 bench/pipeline.py --device $DEV --preset $PRESET --minutes $MINUTES --engine-frames $FRAMES --batch 16 \
     --end-to-end --search-sizes $SEARCH --json "$OUT/pipeline.json"
 # 4. The default views and query-guided boxes on the generated small-object set (skimage scenes):
 #    seconds per frame with ~10 views and refine ms per frame on the GPU.
