@@ -221,3 +221,50 @@ def test_ntsc_video_with_start_timecode_exports_a_relinkable_edl(world, tmp_path
     assert edit.source_in == seg["start_tc"] and edit.source_out == seg["end_tc"]
     assert edit.record_in == "01:00:00;00" and edit.clip_name == "A001_C007.mov"
     assert 0.9 <= seg["start"] <= 2.1
+
+
+def test_results_page_of_a_multi_video_result(world, tmp_path):
+    """find --html on a library where the cup is in two videos: one card per segment with the
+    boxes drawn; in headless Chromium (where installed) the player seeks to a clicked hit."""
+    from .chromium import Browser, find_chromium
+    from .test_report import Cards, on_box_edges
+
+    lib = tmp_path / "lib"
+    shutil.copytree(world["lib"], lib)
+    second = tmp_path / "take #2 & more.mp4"
+    make_sample(second, seconds=4.0, appear=(1.0, 3.0), obj="coffee")
+    run("index", second, "-l", lib, "--device", "cpu")
+    out = tmp_path / "page"
+    result = run("find", "-q", world["crop"], "-l", lib, "--json", "--html", out, "--device", "cpu")
+    data = json.loads(result.stdout)
+    videos = {Path(s["video"]).name for s in data["segments"]}
+    assert {world["video"].name, second.name} <= videos
+    parser = Cards()
+    parser.feed((out / "index.html").read_text())
+    assert len(parser.cards) == len(data["segments"])
+    for card, seg in zip(parser.cards, data["segments"]):
+        best = np.asarray(Image.open(out / card["imgs"][0]))
+        assert on_box_edges(best, seg["best"]["box"], best.shape[1] / seg["width"]) > 0.8
+        assert len(card["hits"]) == min(8, len(seg["hits"]))
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("chromium is not installed: the page's player was not checked in a browser")
+    n = 1 + next(i for i, s in enumerate(data["segments"]) if Path(s["video"]).name == second.name)
+    with Browser(chromium) as browser:
+        browser.open((out / "index.html").as_uri() + f"#check={n}")
+        check = json.loads(browser.wait_for("document.body && document.body.dataset.check", 30) or "{}")
+        assert check.get("event") == "seeked", check
+        assert check["src"].endswith("take%20%232%20%26%20more.mp4") and check["box"] == "block"
+        assert check["time"] == pytest.approx(data["segments"][n - 1]["best"]["time"], abs=0.05)
+        # a thumbnail of a card of the other video: that video is loaded and played from that hit
+        k = 1 + next(i for i, s in enumerate(data["segments"]) if Path(s["video"]).name != second.name)
+        t = float(parser.cards[k - 1]["hits"][-1]["data-t"])
+        browser.evaluate(f"document.querySelector('#seg-{k} .hit:last-child').click()")
+        seeked = browser.wait_for(f"(() => {{ const p = document.getElementById('player'); return !p.seeking && "
+                                  f"p.currentSrc === new URL(document.getElementById('seg-{k}').dataset.video, "
+                                  f"location.href).href && Math.abs(p.currentTime - {t}) < 0.05; }})()", 30)
+        assert seeked
+        shot = tmp_path / "page.png"
+        browser.screenshot(str(shot))
+    img = np.asarray(Image.open(shot).convert("RGB"))
+    assert img.shape[0] > 500 and img.std() > 20  # a page was drawn, not a blank

@@ -109,6 +109,7 @@ def find(
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Cosine score a frame needs (default: automatic)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON and nothing else."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Write overlay PNGs and a contact sheet here."),
+    html_dir: Optional[Path] = typer.Option(None, "--html", help="Write a results page (index.html + img/) here."),
     export_format: Optional[str] = typer.Option(None, "--export", help="Also export: edl|resolve-markers|otio|fcpxml|csv|json|srt"),
     export_out: Optional[Path] = typer.Option(None, "-o", "--output", help="File for --export."),
     previews: bool = typer.Option(True, "--previews/--no-previews", help="Terminal thumbnails of the best frames."),
@@ -137,6 +138,9 @@ def find(
     if out_dir:
         written = api.write_overlays(result.result.segments, frames, out_dir)
         err.print(f"wrote {len(written)} PNGs to {out_dir}")
+    if html_dir:
+        page = _write_report(data, html_dir)
+        err.print(f"wrote the results page {page}")
     if export_format:
         from .export import export_result
 
@@ -190,6 +194,30 @@ def export(
 
     for path in export_result(result, fmt, output, handles, min_score, record_start, drop_frame):
         out.print(f"wrote {path}")
+
+
+def _write_report(data, out_dir: Path, thumbs: int = 8) -> Path:
+    from .report import write_report
+
+    with _fps_progress(err) as progress:
+        def start(total: int):
+            task = progress.add_task("results page", total=total, rate="")
+            return lambda n: progress.advance(task, n)
+
+        return write_report(data, out_dir, thumbs, progress=start)
+
+
+@app.command()
+@friendly
+def report(
+    result: Path = typer.Argument(..., help="A result from vidsearch find --json."),
+    output: Path = typer.Option(..., "-o", "--output", help="Directory for index.html and its images."),
+    thumbs: int = typer.Option(8, "--thumbs", min=1, help="Hit thumbnails per segment (spread over it, best included)."),
+) -> None:
+    """A results page: one card per segment (best frame and hits with their boxes) and a player
+    that seeks to the hit you click. Offline; open index.html in a browser."""
+    page = _write_report(result, output, thumbs)
+    out.print(f"wrote {page}")
 
 
 @app.command(name="eval")
@@ -314,9 +342,10 @@ def demo(
     Image.fromarray(object_crop("coffee")).save(crop)
     err.print(f"2/3 vidsearch index {video} --library {workdir / 'library'}")
     index([video], workdir / "library", preset, None, None, device, 4, "decord", None, 0.0, None)
-    err.print(f"3/3 vidsearch find --query {crop} --library {workdir / 'library'} --out {workdir / 'hits'}")
-    find([crop], [], None, None, workdir / "library", 5, None, False, workdir / "hits", None, None, True, device, None,
-         True, 100)
+    err.print(f"3/3 vidsearch find --query {crop} --library {workdir / 'library'} --out {workdir / 'hits'} "
+              f"--html {workdir / 'page'}")
+    find([crop], [], None, None, workdir / "library", 5, None, False, workdir / "hits", workdir / "page", None, None, True,
+         device, None, True, 100)
 
 
 def main() -> None:  # pragma: no cover

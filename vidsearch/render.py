@@ -34,6 +34,20 @@ def draw_box(image: np.ndarray, box, label: str) -> Image.Image:
     return img
 
 
+def draw_thumbnail(image: np.ndarray, box, width: int) -> Image.Image:
+    """The frame scaled to `width` pixels wide (never enlarged), the box drawn on it after
+    scaling so that it stays visible in a small picture."""
+    img = Image.fromarray(image).convert("RGB")
+    s = min(1.0, width / img.size[0])
+    if s < 1.0:
+        img = img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))), Image.BILINEAR)
+    x1, y1, x2, y2 = [float(v) * s for v in box]
+    line = max(3, round(img.size[0] / 250))
+    ImageDraw.Draw(img).rectangle([x1 - line / 2, y1 - line / 2, x2 + line / 2, y2 + line / 2], outline=BOX_COLOUR,
+                                  width=line)
+    return img
+
+
 def crop_box(image: np.ndarray, box, pad: float = 0.1) -> np.ndarray:
     h, w = image.shape[:2]
     x1, y1, x2, y2 = [float(v) for v in box]
