@@ -150,3 +150,41 @@ def test_fuzzed_results_export_and_read_back(segments, handles, drop):
                 assert p.is_file() and (p.read_text() or fmt == "srt")
         edl = parse_edl((Path(tmp) / "x.edl").read_text())
         assert len([e for e in edl.events if e.edits]) == len(segments)
+
+
+@pytest.mark.parametrize("fps,start_tc,drop", [("24000/1001", "10:00:00:00", False), ("30000/1001", "01:00:00;00", True),
+                                               ("25", None, False)])
+def test_premiere_xml_read_back_by_otio_has_a_marker_per_segment(fps, start_tc, drop, tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from vidsearch.timecode import parse_rate, seconds_to_tc
+
+    rate = parse_rate(fps)
+    segs = []
+    for k, (start, end, best) in enumerate([(12.0, 19.0, 15.5), (100.0, 101.0, 100.5), (3.0, 9.0, 8.25)]):
+        segs.append({"video": f"/media/cam/A00{k}_C001.mov", "start": start, "end": end, "fps": fps, "width": 1920,
+                     "height": 1080, "duration": 200.0, "media_start_tc": start_tc, "score": 0.9 - k / 10,
+                     "best": {"time": best, "frame": round(best * float(rate)), "box": [10, 20, 30, 40],
+                              "score": 0.9 - k / 10}, "hits": []})
+    (path,) = export_result({"segments": segs}, "premiere-xml", tmp_path / "selects.xml")
+    text = path.read_text()
+    root = ET.fromstring(text[text.index("<xmeml"):])
+    ntsc = "TRUE" if rate.denominator == 1001 else "FALSE"
+    assert {r.findtext("ntsc") for r in root.iter("rate")} == {ntsc}  # Premiere needs <ntsc> on every rate
+    assert {r.findtext("timebase") for r in root.iter("rate")} == {str(round(rate))}
+    tcs = root.findall(".//file/timecode")
+    assert len(tcs) == 3 and {t.findtext("displayformat") for t in tcs} == {"DF" if drop else "NDF"}
+    timeline = otio.adapters.read_from_string(text, "fcp_xml")
+    clips = list(timeline.find_clips())
+    assert len(clips) == 3
+    for clip, seg in zip(clips, segs):
+        (marker,) = clip.markers
+        assert marker.marked_range.duration.value == 1 and f"score {seg['score']:.3f}" in marker.name
+        assert "box 10,20,30,40" in marker.metadata["fcp_xml"]["comment"]
+        media_start = clip.media_reference.available_range.start_time
+        at = otio.opentime.RationalTime(media_start.value + marker.marked_range.start_time.value, media_start.rate)
+        # counted from the media's first frame, the marker lands on the best frame's source timecode
+        assert otio.opentime.to_timecode(at, media_start.rate, drop) == \
+            seconds_to_tc(seg["best"]["time"], rate, start_tc=start_tc)
+        src_in = clip.source_range.start_time
+        assert otio.opentime.to_timecode(src_in, src_in.rate, drop) == seconds_to_tc(seg["start"], rate, start_tc=start_tc)

@@ -110,7 +110,7 @@ def find(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON and nothing else."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Write overlay PNGs and a contact sheet here."),
     html_dir: Optional[Path] = typer.Option(None, "--html", help="Write a results page (index.html + img/) here."),
-    export_format: Optional[str] = typer.Option(None, "--export", help="Also export: edl|resolve-markers|otio|fcpxml|csv|json|srt"),
+    export_format: Optional[str] = typer.Option(None, "--export", help="Also export: edl|resolve-markers|otio|fcpxml|premiere-xml|csv|json|srt"),
     export_out: Optional[Path] = typer.Option(None, "-o", "--output", help="File for --export."),
     previews: bool = typer.Option(True, "--previews/--no-previews", help="Terminal thumbnails of the best frames."),
     device: str = DEVICE,
@@ -182,14 +182,15 @@ def _print_segments(data: dict, frames: dict, previews: bool) -> None:
 @friendly
 def export(
     result: Path = typer.Argument(..., help="A result from vidsearch find --json."),
-    fmt: str = typer.Option(..., "--format", "-f", help="edl | resolve-markers | otio | fcpxml | csv | json | srt"),
+    fmt: str = typer.Option(..., "--format", "-f", help="edl | resolve-markers | otio | fcpxml | premiere-xml | csv | json | srt"),
     output: Path = typer.Option(..., "-o", "--output", help="File to write."),
     handles: float = typer.Option(0.0, "--handles", help="Seconds added before and after each segment (EDL/OTIO/FCPXML)."),
     min_score: Optional[float] = typer.Option(None, "--min-score", help="Leave out segments scoring less."),
     record_start: str = typer.Option("01:00:00:00", "--record-start", help="Record timecode of the first event."),
     drop_frame: str = typer.Option("auto", "--drop-frame", help="auto (DF at 29.97/59.94) | yes | no"),
 ) -> None:
-    """Turn a find result into files Premiere, Resolve, Avid and Final Cut import."""
+    """Turn a find result into files Premiere, Resolve, Avid and Final Cut import (premiere-xml: FCP7 XML with a
+    clip marker per segment, File > Import in Premiere)."""
     from .export import export_result
 
     for path in export_result(result, fmt, output, handles, min_score, record_start, drop_frame):

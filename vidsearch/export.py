@@ -1,4 +1,5 @@
-"""Exports an editor can import: CMX 3600 EDL, Resolve marker EDL, OTIO, FCPXML, CSV, JSON, SRT.
+"""Exports an editor can import: CMX 3600 EDL, Resolve marker EDL, OTIO, FCPXML, Premiere's
+FCP7 XML, CSV, JSON, SRT.
 
 One OpenTimelineIO timeline is the export model (a selects reel: one clip per segment, a marker
 at its best frame). EDL, OTIO and FCPXML are written from it by OTIO's adapters; what the CMX
@@ -22,7 +23,7 @@ from opentimelineio import opentime
 from .errors import InputError
 from .timecode import drop_frame_for, format_rate, frames_to_tc, nominal_rate, parse_rate, tc_to_frames
 
-FORMATS = ("edl", "resolve-markers", "otio", "fcpxml", "csv", "json", "srt")
+FORMATS = ("edl", "resolve-markers", "otio", "fcpxml", "premiere-xml", "csv", "json", "srt")
 MAX_EVENTS = 999
 RESOLVE_COLOURS = ("Blue", "Cyan", "Green", "Yellow", "Red", "Pink", "Purple", "Fuchsia", "Rose", "Lavender",
                    "Sky", "Mint", "Lemon", "Sand", "Cocoa", "Cream")
@@ -107,15 +108,24 @@ def _frames(seconds: float, rate: Fraction) -> int:
     return int(round(seconds * float(rate)))
 
 
-def build_timeline(data: dict, opts: Options) -> otio.schema.Timeline:
+def _fcp_rate(rate: Fraction) -> dict:
+    return {"timebase": str(round(rate)), "ntsc": "TRUE" if rate.denominator == 1001 else "FALSE"}
+
+
+def build_timeline(data: dict, opts: Options, premiere: bool = False) -> otio.schema.Timeline:
+    """The selects reel. With `premiere`, as FCP7 XML needs it for Premiere: the true NTSC rate
+    (the XML says <ntsc>TRUE</ntsc> and DF or NDF separately), the media's timecode and reel on
+    each file, and clip markers counted from the media's first frame, as Premiere reads them."""
     segs = selected(data, opts)
     rate, drop = _rates(segs, opts.drop_frame)
     # Non-drop timecode at 29.97 counts frames exactly as 30 fps labels do: build the timeline at
     # the integer rate then, so every writer prints NDF labels; DF keeps the true NTSC rate.
-    tl_rate = float(rate) if drop else float(round(rate))
+    tl_rate = float(rate) if drop or premiere else float(round(rate))
     reels = reel_names([s["video"] for s in segs])
     timeline = otio.schema.Timeline(name=opts.title)
     timeline.global_start_time = opentime.RationalTime(tc_to_frames(opts.record_start, rate, drop), tl_rate)
+    if premiere:  # the sequence's own timecode, DF or not as the record timecode
+        timeline.metadata["fcp_xml"] = {"timecode": {"rate": _fcp_rate(rate), "displayformat": "DF" if drop else "NDF"}}
     track = otio.schema.Track(name="V1", kind=otio.schema.TrackKind.Video)
     timeline.tracks.append(track)
     for i, s in enumerate(segs, 1):
@@ -140,10 +150,19 @@ def build_timeline(data: dict, opts: Options) -> otio.schema.Timeline:
         clip.metadata["vidsearch"] = {"rank": i, "score": s["score"], "best": best, "video": s["video"]}
         best_frame = offset + _frames(float(best["time"]), rate)
         best_frame = min(max(best_frame, first), first + length - 1)
+        marker_meta = {"vidsearch": {"score": best["score"], "box": best["box"]}}
+        if premiere:
+            best_frame -= offset
+            marker_meta["fcp_xml"] = {"comment": f"vidsearch rank {i}, score {float(best['score']):.3f}, best frame "
+                                                 f"{best.get('frame', '')}, box {box} (x1,y1,x2,y2 px)"}
+            ref.metadata["fcp_xml"] = {"timecode": {
+                "rate": _fcp_rate(seg_rate),
+                "displayformat": "DF" if drop_frame_for(seg_rate, opts.drop_frame) else "NDF",
+                "reel": {"name": reels[s["video"]]}}}
         clip.markers.append(otio.schema.Marker(
             name=f"vidsearch {i} score {float(best['score']):.3f} box {box}",
             marked_range=opentime.TimeRange(opentime.RationalTime(best_frame, tl_rate), opentime.RationalTime(1, tl_rate)),
-            color=otio.schema.MarkerColor.RED, metadata={"vidsearch": {"score": best["score"], "box": best["box"]}}))
+            color=otio.schema.MarkerColor.RED, metadata=marker_meta))
         track.append(clip)
     return timeline
 
@@ -240,6 +259,31 @@ def _complete_fcpxml(text: str, data: dict, opts: Options) -> str:
     return head + ET.tostring(root, encoding="unicode") + "\n"
 
 
+def premiere_xml_text(data: dict, opts: Options) -> str:
+    """FCP7 XML (xmeml 4) through OTIO's fcp_xml adapter, the route by which Premiere imports
+    clip markers; the sequence's empty <format> gets the frame size and rate."""
+    import xml.etree.ElementTree as ET
+
+    timeline = build_timeline(data, opts, premiere=True)
+    text = otio.adapters.write_to_string(timeline, "fcp_xml")
+    segs = selected(data, opts)
+    if not segs or not (segs[0].get("width") and segs[0].get("height")):
+        return text
+    head, _, body = text.partition("<xmeml")
+    root = ET.fromstring("<xmeml" + body)
+    rate_e = root.find(".//sequence/rate")
+    for fmt in root.iter("format"):
+        if len(fmt):
+            continue
+        sample = ET.SubElement(fmt, "samplecharacteristics")
+        if rate_e is not None:
+            sample.append(ET.fromstring(ET.tostring(rate_e)))
+        ET.SubElement(sample, "width").text = str(segs[0]["width"])
+        ET.SubElement(sample, "height").text = str(segs[0]["height"])
+    ET.indent(root, space="    ")
+    return head + ET.tostring(root, encoding="unicode") + "\n"
+
+
 # ----------------------------------------------------------------------------- tables
 
 
@@ -316,6 +360,8 @@ def export_result(source: str | Path | dict, fmt: str, output: str | Path, handl
         timeline = build_timeline(data, opts)
         text = otio.adapters.write_to_string(timeline, "otio_json" if fmt == "otio" else "fcpx_xml")
         files[output] = text if fmt == "otio" else _complete_fcpxml(text, data, opts)
+    elif fmt == "premiere-xml":
+        files[output] = premiere_xml_text(data, opts)
     elif fmt == "csv":
         files[output] = csv_text(data, opts)
     elif fmt == "srt":
