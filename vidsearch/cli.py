@@ -221,6 +221,20 @@ def report(
     out.print(f"wrote {page}")
 
 
+@app.command()
+@friendly
+def play(
+    result: Path = typer.Argument(..., help="A result from vidsearch find --json."),
+    n: int = typer.Argument(1, help="Segment number (1 = the best)."),
+    start: str = typer.Option("start", "--from", help="start (of the segment) | best (its best hit)."),
+    player: Optional[str] = typer.Option(None, "--player", help="mpv | ffplay (default: the first installed)."),
+) -> None:
+    """Play segment N of a result in mpv or ffplay, from its start."""
+    from .play import play as run_player
+
+    raise typer.Exit(run_player(result, n, start, player))
+
+
 @app.command(name="eval")
 @friendly
 def eval_(
