@@ -53,13 +53,26 @@ def test_find_returns_the_time_range_first_with_good_boxes(world):
     assert all(Path(s["video"]).name != "other.mp4" for s in data["segments"])
 
 
+def test_segments_are_whole_shots_or_end_on_samples(world):
+    """The clip cuts between photos every 2.5 s; the cup is seen from 3 s to 7 s, so its hits
+    (sampled at 1 s) lie in the shots 2.5-5 s and 5-7.5 s: snapped, the segment is exactly those."""
+    pytest.importorskip("scenedetect")
+    seg = find_json(world, "--no-refine")["segments"][0]
+    assert seg["snap"] == "shots"
+    assert round(seg["start"] * 24) == 60 and round(seg["end"] * 24) == 180
+    assert seg["start_tc"] == "00:00:02:12" and seg["end_tc"] == "00:00:07:12"
+    plain = find_json(world, "--no-refine", "--snap", "samples")["segments"][0]
+    assert plain["snap"] == "samples" and plain["start"] == pytest.approx(3.0) and plain["end"] == pytest.approx(7.0)
+    assert len(seg["hits"]) == len(plain["hits"])
+
+
 def test_json_schema(world):
     data = find_json(world)
     assert set(data) >= {"query", "library", "preset", "segments"}
     scores = [s["score"] for s in data["segments"]]
     assert scores == sorted(scores, reverse=True)
     for s in data["segments"]:
-        assert set(s) >= {"video", "start", "end", "start_tc", "end_tc", "fps", "score", "best", "hits"}
+        assert set(s) >= {"video", "start", "end", "start_tc", "end_tc", "fps", "score", "snap", "best", "hits"}
         assert s["fps"] == "24" and s["start"] <= s["best"]["time"] < s["end"]
         assert s["start_tc"].count(":") == 3
         for h in s["hits"] + [s["best"]]:
@@ -71,7 +84,7 @@ def test_json_schema(world):
 
 def test_find_table_overlays_and_contact_sheet(world, tmp_path):
     result = run("find", "-q", world["crop"], "-l", world["lib"], "--out", tmp_path / "hits", "--device", "cpu")
-    assert "00:00:03:00" in result.output or "00:00:04:00" in result.output
+    assert any(tc in result.output for tc in ("00:00:02:12", "00:00:03:00", "00:00:04:00"))  # the shot or the hit
     pngs = sorted(p.name for p in (tmp_path / "hits").glob("*.png"))
     assert "contact-sheet.png" in pngs and any(p.startswith("segment-001") for p in pngs)
     img = np.asarray(Image.open(tmp_path / "hits" / [p for p in pngs if p.startswith("segment-001")][0]))
@@ -220,7 +233,9 @@ def test_ntsc_video_with_start_timecode_exports_a_relinkable_edl(world, tmp_path
     (edit,) = [e.edits[0] for e in pycmx.parse_cmx3600(_io.StringIO(text)).events if e.edits][:1]
     assert edit.source_in == seg["start_tc"] and edit.source_out == seg["end_tc"]
     assert edit.record_in == "01:00:00;00" and edit.clip_name == "A001_C007.mov"
-    assert 0.9 <= seg["start"] <= 2.1
+    # the cup is seen from 1 s to 3 s, in the first shot (0 to 2.5 s) and the second: snapped to shots,
+    # the select starts with the clip and ends at the next cut (frame 75 at 29.97)
+    assert seg["snap"] == "shots" and seg["start"] == 0.0 and seg["end"] == pytest.approx(75 * 1001 / 30000)
 
 
 def test_results_page_of_a_multi_video_result(world, tmp_path):

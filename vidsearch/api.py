@@ -171,12 +171,17 @@ def index_video(lib: Library, engine, path: Path, info, key: str, sampler: Sampl
 
 def _extract_and_commit(lib, engine, path, info, source, sampler, batch, vid, on_progress, replaces,
                         stop_after, start) -> IndexReport:
+    from . import shots
+
     frames_idx, frames_t = [], []
     parts = {k: [] for k in REGION_FIELDS}
     done = 0
+    cuts = shots.SampleCuts() if shots.available() else None
     for group in read_ahead(source.frames(sampler), batch):
         images = [f.image for f in group]
         regions = engine.extract_views(np.stack(images))
+        if cuts is not None:
+            cuts.feed(images)
         fh, fw = images[0].shape[:2]
         scale = np.array([info.width / fw, info.height / fh] * 2, dtype=np.float32)
         frames_idx += [f.index for f in group]
@@ -200,6 +205,8 @@ def _extract_and_commit(lib, engine, path, info, source, sampler, batch, vid, on
               for k, v in parts.items()}
     arrays["sample_frame"] = np.array(frames_idx, dtype=np.int64)
     arrays["sample_time"] = np.array(frames_t, dtype=np.float64)
+    if cuts is not None:
+        arrays["shot_cut"] = cuts.positions()
     notes = []
     if not info.has_pts:
         notes.append("no usable timestamps: times are frame / fps")
@@ -308,13 +315,16 @@ class FindResult:
 def find(images: list[str], boxes: list[str] | None = None, library: str | None = None, top: int = 20,
          min_score: float | None = None, query_video: str | None = None, at: str | None = None,
          device: str = "auto", weights: str | None = None, preset: str | None = None, refine: bool = True,
-         refine_frames: int | None = None, progress=None) -> FindResult:
+         refine_frames: int | None = None, progress=None, snap: str = "shots") -> FindResult:
     """Search the library; with `refine`, the boxes of the frames shown (every segment's best
     hit first, then the rest, up to `refine_frames`: by default 200 on a GPU, 10 on the CPU)
-    are looked for again with the query.
+    are looked for again with the query. `snap` shots widens segments to whole shots (where
+    the video was indexed with shot detection), samples leaves them on sampled frames.
     `progress(total)` returns a callback taking a number of refined frames."""
     if top < 1:
         raise InputError(f"--top must be at least 1, got {top}")
+    if snap not in ("shots", "samples"):
+        raise InputError(f"--snap must be shots or samples, got {snap!r}")
     lib = Library.open(library)
     try:
         stored = lib.preset()
@@ -332,6 +342,12 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
         w = lib.whitening()
         result = search(lib, index, w.apply(raw) if w is not None else raw, top=top, min_score=min_score)
         notes = [m for q in queries for m in q.warnings] + ([result.note] if result.note else [])
+        if snap == "shots" and result.segments:
+            from .shots import snap_to_shots
+
+            result.segments, snap_notes = snap_to_shots(
+                result.segments, lambda v: lib.load_shard(v.id, ("sample_frame", "sample_time", "shot_cut")))
+            notes += snap_notes
         if refine and result.segments:
             limit = refine_frames or (200 if engine.device.type == "cuda" else 10)
             notes += refine_hits(engine, queries, result.segments, limit, progress)

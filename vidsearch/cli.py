@@ -116,6 +116,7 @@ def find(
     device: str = DEVICE,
     weights: Optional[str] = WEIGHTS,
     refine: bool = typer.Option(True, "--refine/--no-refine", help="Look for each shown hit's box again with the query (boxes only; ranking stays)."),
+    snap: str = typer.Option("shots", "--snap", help="shots: each segment is the whole shot(s) its hits lie in (where the video was indexed with shot detection); samples: from the first hit to the sample after the last."),
     refine_frames: Optional[int] = typer.Option(None, "--refine-frames", min=1, help="At most this many hit frames refined, best hits first (default: 200 on a GPU, 10 on the CPU, a few seconds each there)."),
 ) -> None:
     """Find where the query object appears: segments with timecodes, boxes and previews."""
@@ -128,7 +129,7 @@ def find(
 
         result = api.find([str(q) for q in query], box, str(library) if library else None, top, min_score,
                           str(query_video) if query_video else None, at, device, weights, refine=refine,
-                          refine_frames=refine_frames, progress=start)
+                          refine_frames=refine_frames, progress=start, snap=snap)
     data = result.to_dict()
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
@@ -360,7 +361,7 @@ def demo(
     err.print(f"3/3 vidsearch find --query {crop} --library {workdir / 'library'} --out {workdir / 'hits'} "
               f"--html {workdir / 'page'}")
     find([crop], [], None, None, workdir / "library", 5, None, False, workdir / "hits", workdir / "page", None, None, True,
-         device, None, True, 100)
+         device, None, True, "shots", 100)
 
 
 def main() -> None:  # pragma: no cover

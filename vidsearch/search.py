@@ -31,6 +31,7 @@ class Segment:
     start: float
     end: float
     hits: list[Hit] = field(default_factory=list)
+    snap: str = "samples"  # what start and end lie on: sampled frames, or shot boundaries
 
     @property
     def best(self) -> Hit:
@@ -54,6 +55,7 @@ class Segment:
             "duration": round(self.video.duration, 6),
             "media_start_tc": self.video.start_tc,
             "score": round(self.score, 4),
+            "snap": self.snap,
             "best": self.best.to_dict(),
             "hits": [h.to_dict() for h in self.hits],
         }

@@ -17,6 +17,9 @@ REQUIRED_FIELDS = ("frame", "time", "box", "score", "desc", "sample_frame", "sam
 OPTIONAL_FIELDS = {"level": np.int8(1), "kind": np.int8(0)}
 SHARD_FIELDS = REQUIRED_FIELDS + tuple(OPTIONAL_FIELDS)
 REGION_FIELDS = ("frame", "time", "box", "score", "desc", "level", "kind")  # one row per region
+# Fields that may be absent, and then read as None: `shot_cut`, the sample positions that start a
+# new shot (shots.py; absent where the video was indexed without shot detection).
+MAYBE_FIELDS = ("shot_cut",)
 
 
 class Shards:
@@ -41,7 +44,8 @@ class Shards:
         path = self.path(video_id)
         try:
             with np.load(path) as z:
-                out = {k: z[k] for k in fields if k in z.files or k not in OPTIONAL_FIELDS}
+                out = {k: z[k] if k in z.files else None for k in fields if k in MAYBE_FIELDS}
+                out.update({k: z[k] for k in fields if k not in MAYBE_FIELDS and (k in z.files or k not in OPTIONAL_FIELDS)})
                 rows = len(z["frame"]) if any(k not in out for k in fields) else 0
         except Exception as exc:
             raise LibraryError(f"shard of video {video_id} ({path.name}) is unreadable ({type(exc).__name__}): "

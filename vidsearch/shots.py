@@ -1,0 +1,164 @@
+"""Shot boundaries, so that a segment can be a whole shot (PySceneDetect, optional extra).
+
+While indexing, PySceneDetect's ContentDetector runs on small copies of the sampled frames and
+marks each sample that starts a new shot: a cut lies somewhere in the interval before it. Only
+those candidates are stored (in the shard, as `shot_cut`: sample positions). When `find` snaps a
+segment to its shot, the one or two candidate intervals it needs are decoded frame by frame
+(small, a second or two of video each) and the detector finds the exact first frame of the
+shot; a candidate with no cut at frame level (motion between samples, not a cut) is passed over.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+THUMB = (160, 90)  # what the detector sees: colour changes, not detail
+THRESHOLD = 27.0  # PySceneDetect's default for ContentDetector
+
+
+def available() -> bool:
+    try:
+        import cv2  # noqa: F401
+        import scenedetect  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _small_bgr(image: np.ndarray) -> np.ndarray:
+    import cv2
+
+    return cv2.resize(np.ascontiguousarray(image[..., ::-1]), THUMB, interpolation=cv2.INTER_AREA)
+
+
+def _detector():
+    from scenedetect.detectors import ContentDetector
+
+    return ContentDetector(threshold=THRESHOLD, min_scene_len=1)
+
+
+class SampleCuts:
+    """Fed the sampled frames in order while indexing; `positions()` are the samples that start
+    a new shot (a cut lies between the sample before and this one)."""
+
+    def __init__(self) -> None:
+        self.detector = _detector()
+        self.n = 0
+        self.cuts: list[int] = []
+
+    def feed(self, images) -> None:
+        for image in images:
+            self.cuts += self.detector.process_frame(self.n, _small_bgr(image))
+            self.n += 1
+
+    def positions(self) -> np.ndarray:
+        if self.n:
+            self.cuts += self.detector.post_process(self.n - 1) or []
+        return np.array(sorted({int(c) for c in self.cuts if 0 < c < self.n}), dtype=np.int64)
+
+
+def exact_cut(path: str | Path, t0: float, t1: float, info=None) -> float | None:
+    """The time of the first frame of a new shot in (t0, t1], from every frame in between
+    (None: no cut there). Times as in the index: from the stream's first frame."""
+    from .video import _open, probe
+
+    info = info or probe(path)
+    container = _open(Path(path))
+    try:
+        stream = container.streams.video[0]
+        stream.thread_type = "NONE"  # leaving the loop early with frames in flight can hang FFmpeg
+        if info.has_pts and stream.time_base:
+            container.seek(max(0, int((t0 - 1.0) / float(stream.time_base))) + (stream.start_time or 0),
+                           stream=stream, backward=True, any_frame=False)
+        detector = _detector()
+        times: list[float] = []
+        period = 1.0 / float(info.fps)
+        for i, frame in enumerate(container.decode(stream)):
+            if info.has_pts and frame.pts is not None and stream.time_base:
+                t = float((frame.pts - info.first_pts) * stream.time_base)
+            else:
+                t = i * period
+            if t < t0 - period / 2:
+                continue
+            if t > t1 + period / 2:
+                break
+            img = frame.reformat(width=THUMB[0], height=THUMB[1], format="bgr24").to_ndarray()
+            for c in detector.process_frame(len(times), img):
+                if 0 < c <= len(times):
+                    return times[c] if c < len(times) else t
+            times.append(t)
+    finally:
+        container.close()
+    return None
+
+
+def shot_bounds(path: str, sample_time: np.ndarray, cut_positions: np.ndarray, first: int, last: int,
+                duration: float, info=None, cache: dict | None = None) -> tuple[float, float]:
+    """Start and end of the shot(s) spanning sampled frames `first`..`last` (positions): the
+    nearest real cut before `first` (or the video's start) and after `last` (or its end)."""
+    cache = {} if cache is None else cache
+
+    def cut_at(k: int) -> float | None:
+        if k not in cache:
+            cache[k] = exact_cut(path, float(sample_time[k - 1]), float(sample_time[k]), info)
+        return cache[k]
+
+    start, end = 0.0, duration
+    for k in sorted((int(k) for k in cut_positions if k <= first), reverse=True):
+        c = cut_at(k)
+        if c is not None:
+            start = c
+            break
+    for k in sorted(int(k) for k in cut_positions if k > last):
+        c = cut_at(k)
+        if c is not None:
+            end = c
+            break
+    return start, end
+
+
+def snap_to_shots(segments: list, shards_of) -> tuple[list, list[str]]:
+    """Segments widened to whole shots; segments that end up in one shot are merged (hits
+    together, best score first). `shards_of(video)` gives that video's shard arrays with
+    `sample_frame`, `sample_time` and `shot_cut` (None where it was indexed without shot
+    detection: its segments stay as they are). Returns the segments and notes for the user."""
+    from .video import probe
+    from .errors import VidsearchError
+
+    out, notes, plain = [], [], set()
+    infos: dict[str, object] = {}
+    caches: dict[str, dict] = {}
+    for seg in segments:
+        video = seg.video
+        shard = shards_of(video)
+        if shard is None or shard.get("shot_cut") is None:
+            plain.add(video.path)
+            out.append(seg)
+            continue
+        position = {int(f): i for i, f in enumerate(shard["sample_frame"])}
+        first = min(position.get(h.frame, 0) for h in seg.hits)
+        last = max(position.get(h.frame, 0) for h in seg.hits)
+        try:
+            info = infos[video.path] = infos.get(video.path) or probe(video.path)
+            seg.start, seg.end = shot_bounds(video.path, shard["sample_time"], shard["shot_cut"], first, last,
+                                             float(video.duration), info, caches.setdefault(video.path, {}))
+        except VidsearchError:
+            notes.append(f"{video.path} cannot be decoded any more: its segments are not snapped to shots")
+        seg.snap = "shots"
+        out.append(seg)
+    merged: list = []
+    for seg in sorted(out, key=lambda s: (s.video.path, s.start)):
+        prev = merged[-1] if merged else None
+        if prev is not None and prev.video.path == seg.video.path and getattr(seg, "snap", "") == "shots" \
+                and getattr(prev, "snap", "") == "shots" and seg.start < prev.end:
+            prev.hits = sorted(prev.hits + seg.hits, key=lambda h: h.time)
+            prev.end = max(prev.end, seg.end)
+            continue
+        merged.append(seg)
+    merged.sort(key=lambda s: -s.score)
+    if plain:
+        notes.append(f"{len(plain)} video(s) were indexed without shot detection, so their segments end at "
+                     "sampled frames: pip install 'vidsearch[shots]' and index them again to snap to shots")
+    return merged, notes
