@@ -1,7 +1,7 @@
 """Shot boundaries, so that a segment can be a whole shot (PySceneDetect, optional extra).
 
-While indexing, PySceneDetect's ContentDetector runs on small copies of the sampled frames and
-marks each sample that starts a new shot: a cut lies somewhere in the interval before it. Only
+While indexing, PySceneDetect runs on small copies of the sampled frames and marks each
+sample that starts a new shot: a cut lies somewhere in the interval before it. Only
 those candidates are stored (in the shard, as `shot_cut`: sample positions). When `find` snaps a
 segment to its shot, the one or two candidate intervals it needs are decoded frame by frame
 (small, a second or two of video each) and the detector finds the exact first frame of the
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 THUMB = (160, 90)  # what the detector sees: colour changes, not detail
-THRESHOLD = 27.0  # PySceneDetect's default for ContentDetector
+THRESHOLD = 27.0  # PySceneDetect's default for ContentDetector (frame by frame)
 
 
 def available() -> bool:
@@ -30,7 +30,10 @@ def available() -> bool:
 def _small_bgr(image: np.ndarray) -> np.ndarray:
     import cv2
 
-    return cv2.resize(np.ascontiguousarray(image[..., ::-1]), THUMB, interpolation=cv2.INTER_AREA)
+    # every n-th pixel first (to about twice the thumbnail), then an area average: a full-size
+    # area resize of a 1080p frame costs ~40 ms, more than this whole step should
+    step = max(1, min(image.shape[1] // (2 * THUMB[0]), image.shape[0] // (2 * THUMB[1])))
+    return cv2.resize(np.ascontiguousarray(image[::step, ::step, ::-1]), THUMB, interpolation=cv2.INTER_AREA)
 
 
 def _detector():
@@ -41,10 +44,16 @@ def _detector():
 
 class SampleCuts:
     """Fed the sampled frames in order while indexing; `positions()` are the samples that start
-    a new shot (a cut lies between the sample before and this one)."""
+    a new shot (a cut lies between the sample before and this one). Samples are a second or so
+    apart, so camera motion alone changes much of the picture between them: colour histograms
+    (PySceneDetect's HistogramDetector) tell cuts from motion there better than pixel-wise
+    content differences do (measured on generated 1080p pans: one false candidate against every
+    interval flagged)."""
 
     def __init__(self) -> None:
-        self.detector = _detector()
+        from scenedetect.detectors import HistogramDetector
+
+        self.detector = HistogramDetector(min_scene_len=1)
         self.n = 0
         self.cuts: list[int] = []
 
