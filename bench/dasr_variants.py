@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from vidsearch.api import load_image
-from vidsearch.config import load_preset, preset_from_dict
+from vidsearch.config import load_preset, with_overrides
 from vidsearch.dasr.engine import Engine
 from vidsearch.evaluate import load_sequences
 
@@ -35,11 +35,7 @@ HERE = Path(__file__).resolve().parent
 
 def variant_preset(text: str):
     name, *overrides = text.split(":")
-    data = load_preset(name).to_dict()
-    for o in overrides:
-        key, _, value = o.partition("=")
-        data[key] = value
-    return preset_from_dict(data)
+    return with_overrides(load_preset(name), overrides)
 
 
 def pick_frames(data: str, n: int) -> list[np.ndarray]:
@@ -68,28 +64,31 @@ def main() -> None:
     args = ap.parse_args()
     variants = args.variant or ["default", "default:prefilter=stride8", "default:prefilter=stride16"]
     frames = pick_frames(args.data, args.frames)
-    rows, reference = [], None
-    for text in variants:
-        engine = Engine(variant_preset(text), args.device)
+    engines = [Engine(variant_preset(text), args.device) for text in variants]
+    for engine in engines:
         engine.extract(frames[0][None])  # warm-up
         engine.timings.clear()
-        per_frame, seconds = [], 0.0
-        for img in frames:
+    # Frames outer, variants inner: every variant sees the same machine load, frame by frame
+    # (a variant run after another on a shared CPU would otherwise be timed under other load).
+    boxes = [[] for _ in variants]
+    seconds = [0.0] * len(variants)
+    for img in frames:
+        for v, engine in enumerate(engines):
             t0 = time.perf_counter()
             r = engine.extract(img[None])
             if engine.device.type == "cuda":
                 torch.cuda.synchronize()
-            seconds += time.perf_counter() - t0
-            per_frame.append(r.boxes)
-        row = {"variant": text, "s_per_frame": seconds / len(frames),
-               "regions_per_frame": float(np.mean([len(b) for b in per_frame]))}
-        for stage, s in engine.timings.items():
-            row[f"{stage}_s"] = s / len(frames)
-        if reference is None:
-            reference = per_frame
-        else:
+            seconds[v] += time.perf_counter() - t0
+            boxes[v].append(r.boxes)
+    rows = []
+    for v, (text, engine) in enumerate(zip(variants, engines)):
+        row = {"variant": text, "s_per_frame": seconds[v] / len(frames),
+               "regions_per_frame": float(np.mean([len(b) for b in boxes[v]]))}
+        for stage, sec in engine.timings.items():
+            row[f"{stage}_s"] = sec / len(frames)
+        if v:
             best = [box_iou(ref, mine).max(1) if len(mine) else np.zeros(len(ref))
-                    for ref, mine in zip(reference, per_frame) if len(ref)]
+                    for ref, mine in zip(boxes[0], boxes[v]) if len(ref)]
             row["box_iou_vs_first"] = float(np.mean(np.concatenate(best)))
         rows.append(row)
         print(row, file=sys.stderr)

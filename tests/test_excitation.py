@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torchvision.ops import box_iou
 
 from vidsearch.backbones import load_backbone
 from vidsearch.dasr.excitation import Rules, Tape
 from vidsearch.dasr.graph import build_graph
 from vidsearch.dasr.reference import reference_maps
-from vidsearch.dasr.regions import find_peaks, make_seeds
+from vidsearch.dasr.regions import find_peaks, make_seeds, maps_to_boxes
 
 from .helpers import photo_batch
 
@@ -211,3 +212,47 @@ def test_peak_chunks_and_frame_batches_do_not_change_the_regions(lite0, device):
     assert np.array_equal(whole.frame, chunked.frame)
     assert np.allclose(whole.boxes, chunked.boxes, atol=1e-3) and np.allclose(whole.vectors, chunked.vectors, atol=1e-5)
     assert np.allclose(np.concatenate([s.boxes for s in single]), whole.boxes, atol=1e-2)
+
+
+@pytest.mark.parametrize("residual", ["merged", "copy"])
+def test_window_covering_the_frame_equals_the_full_pass(residual, device):
+    from vidsearch.dasr.excitation import Window
+
+    graph, x = _random_case("efficientnet_lite0", (64, 96))
+    tape = Tape(graph.to(device), x.to(device), Rules(residual=residual))
+    peak = tape.values[graph.peak][0]
+    pos, _ = find_peaks(peak.mean(0), "above_mean")
+    seeds = make_seeds(peak, pos, "activations")
+    zeros = torch.zeros(pos.shape[0], dtype=torch.int64, device=device)
+    windowed = tape.backprop(0, seeds, window=Window(zeros, zeros, 64, 96, 64))
+    assert torch.allclose(windowed, tape.backprop(0, seeds), atol=1e-7, rtol=1e-5)
+    graph.to("cpu")
+
+
+def test_windows_hold_each_peak_and_keep_its_box(lite0, device):
+    """Real weights on a real photo (8x12 peak cells), windows of 5x5 cells (160 px): each map is
+    zero outside its window, which holds its peak, and its box is close to the full pass's."""
+    graph = build_graph(lite0.model, lite0.peak_layer, lite0.feature_layer).to(device)
+    x = lite0.normalize(photo_batch("astronaut", 384)).to(device)[..., :256, :384]
+    tape = Tape(graph, x, Rules())
+    peak = tape.values[graph.peak][0]
+    assert peak.shape[-2:] == (8, 12)
+    pos, _ = find_peaks(peak.mean(0), "above_mean")
+    seeds = make_seeds(peak, pos, "activations")
+    win = tape.window(pos, 2)
+    assert win is not None and (win.h, win.w) == (160, 160)
+    maps = tape.backprop(0, seeds, window=win)
+    full = tape.backprop(0, seeds)
+    for k in range(pos.shape[0]):
+        y0, x0 = int(win.oy[k]), int(win.ox[k])
+        inside = torch.zeros(256, 384, dtype=torch.bool, device=maps.device)
+        inside[y0 : y0 + 160, x0 : x0 + 160] = True
+        assert maps[k][~inside].abs().max() == 0
+        assert y0 <= int(pos[k, 0]) * 32 < y0 + 160 and x0 <= int(pos[k, 1]) * 32 < x0 + 160
+    boxes, ref = maps_to_boxes(maps), maps_to_boxes(full)
+    ious = box_iou(boxes, ref).diagonal()
+    assert ious.median() > 0.7
+    # no window where it would not line up with every layer's grid, or would hold the whole frame
+    assert Tape(graph, x[..., :250, :384], Rules()).window(pos, 2) is None
+    assert tape.window(pos, 6) is None
+    graph.to("cpu")

@@ -53,6 +53,9 @@ class Preset:
     # Coarse-to-fine DASR*: every seed back-propagated only to this stride first, NMS on those
     # coarse boxes, then the full pass for the survivors alone ("none": every seed goes all the way).
     prefilter: str = "none"
+    # Spatial windows: each peak back-propagated only within (2·window + 1)² peak-layer cells
+    # around it (what would leave the window is dropped); 0 = the whole frame (exact).
+    window: int = 0
     dtype: str = "fp32"
     pooling: str = "avg"
     whiten: bool = False  # measured on instance-dev: learned whitening hurt (bench/RESULTS.md)
@@ -89,6 +92,8 @@ class Preset:
             raise InputError(f"preset {self.name!r}: tau must be in [0, 1), got {self.tau}")
         if self.nms_iou is not None and not 0.0 < self.nms_iou <= 1.0:
             raise InputError(f"preset {self.name!r}: nms_iou must be in (0, 1], got {self.nms_iou}")
+        if self.window < 0:
+            raise InputError(f"preset {self.name!r}: window must be 0 (off) or a number of cells, got {self.window}")
         if self.long_side < 64:
             raise InputError(f"preset {self.name!r}: long_side must be at least 64")
         if self.sample_fps <= 0:

@@ -174,7 +174,7 @@ class Engine:
                 chunk = pos[c : c + p.peak_chunk]
                 seeds = make_seeds(peak_map[b], chunk, p.seed, mass)
                 t0 = time.perf_counter()
-                maps = tape.backprop(b, seeds)
+                maps = tape.backprop(b, seeds, window=tape.window(chunk, p.window))
                 t1 = self._tick("backprop", t0)
                 all_boxes.append(maps_to_boxes(maps, p.threshold, p.tau, p.percentile))
                 self._tick("boxes", t1)
@@ -220,7 +220,8 @@ class Engine:
         boxes = []
         for c in range(0, pos.shape[0], p.peak_chunk):
             seeds = make_seeds(peak_map, pos[c : c + p.peak_chunk], p.seed, mass)
-            boxes.append(maps_to_boxes(tape.backprop(b, seeds, stop=p.prefilter), p.threshold, p.tau, p.percentile))
+            maps = tape.backprop(b, seeds, stop=p.prefilter, window=tape.window(pos[c : c + p.peak_chunk], p.window))
+            boxes.append(maps_to_boxes(maps, p.threshold, p.tau, p.percentile))
         boxes = torch.cat(boxes)
         keep = nms(boxes, scores.float(), torch.zeros_like(scores, dtype=torch.int64), p.nms_iou)
         self._tick("prefilter", t0)

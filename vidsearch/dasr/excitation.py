@@ -85,6 +85,40 @@ def _linear_plus_adjoint(op: Op, r: torch.Tensor, wplus: torch.Tensor, in_shape:
     return out
 
 
+@dataclass
+class Window:
+    """One window per peak, in input pixels: top-left (oy, ox) (K,), size h × w, on a frame of
+    height `full_h` (the stride of a tape value follows from its height)."""
+
+    oy: torch.Tensor
+    ox: torch.Tensor
+    h: int
+    w: int
+    full_h: int
+
+    def _slices(self, height: int):
+        """Per peak: (row slice, column slice) of its window at the stride of a value this high."""
+        s = self.full_h // height
+        h, w = self.h // s, self.w // s
+        return [(slice(y, y + h), slice(x, x + w)) for y, x in zip((self.oy // s).tolist(), (self.ox // s).tolist())]
+
+    def crop(self, t: torch.Tensor) -> torch.Tensor:
+        """(C, H', W') of one frame -> (K, C, h', w'), each peak's window at that stride
+        (slices stacked: one copy, cheaper than a gather)."""
+        return torch.stack([t[:, ys, xs] for ys, xs in self._slices(t.shape[-2])])
+
+    def crop_each(self, t: torch.Tensor) -> torch.Tensor:
+        """(K, C, H', W') -> (K, C, h', w'): peak k's own window of row k."""
+        return torch.stack([t[k, :, ys, xs] for k, (ys, xs) in enumerate(self._slices(t.shape[-2]))])
+
+    def paste(self, maps: torch.Tensor, size) -> torch.Tensor:
+        """(K, h, w) window maps -> (K, H, W), zero outside each window."""
+        out = maps.new_zeros(maps.shape[0], *size)
+        for k, (ys, xs) in enumerate(self._slices(size[0])):
+            out[k, ys, xs] = maps[k]
+        return out
+
+
 class Tape:
     """What the adjoint pass needs from one forward pass over a batch of frames."""
 
@@ -163,12 +197,39 @@ class Tape:
                     return i
         return 0
 
-    def backprop(self, frame: int, seeds: torch.Tensor, stop: str | None = None) -> torch.Tensor:
+    def window(self, pos: torch.Tensor, radius: int) -> "Window | None":
+        """Per-peak windows of (2·radius + 1)² peak-layer cells around `pos` (K, 2), shifted to
+        stay inside the frame; None where a window would not save work or would not line up
+        with every layer's grid (frame sides must be multiples of the peak layer's stride)."""
+        h0, w0 = self.values[0].shape[-2:]
+        hp, wp = self.values[self.graph.peak].shape[-2:]
+        if radius <= 0 or h0 % hp or w0 % wp or (h0 // hp) != (w0 // wp):
+            return None
+        stride = h0 // hp
+        for v in self.values[: self.graph.peak + 1]:  # every layer's grid lines up with the windows
+            s = h0 // v.shape[-2]
+            if v.shape[-2] * s != h0 or v.shape[-1] * s != w0 or s & (s - 1) or stride % s:
+                return None
+        ch, cw = min(2 * radius + 1, hp), min(2 * radius + 1, wp)
+        if ch * cw >= hp * wp:
+            return None
+        oy = (pos[:, 0] - radius).clamp(0, hp - ch)
+        ox = (pos[:, 1] - radius).clamp(0, wp - cw)
+        return Window(oy * stride, ox * stride, ch * stride, cw * stride, h0)
+
+    def backprop(self, frame: int, seeds: torch.Tensor, stop: str | None = None,
+                 window: "Window | None" = None) -> torch.Tensor:
         """Seeds (K, C, h, w) at the peak layer of `frame` -> maps (K, H, W) at input size;
-        `stop` overrides the rules' stopping point (the coarse pass of the prefilter)."""
+        `stop` overrides the rules' stopping point (the coarse pass of the prefilter). With a
+        `window`, each peak's probability is carried only inside its window at every layer (what
+        leaves it is dropped) and the maps are zero outside it."""
         graph, ops = self.graph, self.graph.ops
         stop = self.stop_index(stop)
         f = slice(frame, frame + 1)
+        if window is not None:
+            if self.rules.maxpool == "argmax" or self.rules.residual == "split":
+                raise ValueError("windowed back-propagation supports the sum max-pool and merged/copy residual rules")
+            return self._backprop_window(frame, seeds, stop, window)
         prob: dict[int, torch.Tensor] = {graph.peak: seeds.to(self.dtype)}
         ratio: dict[int, torch.Tensor] = {}  # pre-normalised P/Z handed to absorbed convs
 
@@ -204,6 +265,47 @@ class Tape:
         if maps.shape[-2:] != size:
             maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
         return maps
+
+    def _backprop_window(self, frame: int, seeds: torch.Tensor, stop: int, win: "Window") -> torch.Tensor:
+        """backprop() inside per-peak windows: the same rules on (K, C, h, w) crops of the tape."""
+        graph, ops = self.graph, self.graph.ops
+        crop = lambda t: win.crop(t[frame])  # noqa: E731  (1 frame of the tape -> K windows)
+        prob: dict[int, torch.Tensor] = {graph.peak: win.crop_each(seeds.to(self.dtype))}
+        ratio: dict[int, torch.Tensor] = {}
+
+        def give(j: int, p: torch.Tensor) -> None:
+            prob[j] = prob[j] + p if j in prob else p
+
+        for i in range(graph.peak, stop, -1):
+            op = ops[i]
+            p = prob.pop(i, None)
+            r = ratio.pop(i, None)
+            if p is None and r is None:
+                continue
+            if op.kind == "act":
+                give(op.inputs[0], p)
+            elif i in self.wplus:
+                if r is None:
+                    r = p * crop(self.zinv[i])
+                a = crop(self.a[i])
+                give(op.inputs[0], _linear_plus_adjoint(op, r, self.wplus[i], a.shape).mul_(a))
+            elif op.kind == "add":
+                if self.rules.residual == "copy":
+                    for j in op.inputs:
+                        give(j, p)
+                    continue
+                r = p * crop(self.zinv[("add", i)])
+                for j in op.inputs:
+                    if j in self.absorbed:
+                        ratio[j] = r
+                    else:
+                        give(j, crop(self.a[(i, j)]) * r)
+            else:
+                raise AssertionError(f"no windowed MWP rule for {op.kind}")
+        maps = prob[stop].float().sum(dim=1)
+        if maps.shape[-2:] != (win.h, win.w):
+            maps = F.interpolate(maps[:, None], size=(win.h, win.w), mode="bilinear", align_corners=False)[:, 0]
+        return win.paste(maps, self.values[0].shape[-2:])
 
     def _add_rule(self, i, op, p, f, give, ratio) -> None:
         rule = self.rules.residual
