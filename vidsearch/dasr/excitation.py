@@ -225,12 +225,16 @@ class Tape:
         leaves it is dropped) and the maps are zero outside it."""
         graph, ops = self.graph, self.graph.ops
         stop = self.stop_index(stop)
-        f = slice(frame, frame + 1)
-        if window is not None:
+        if window is None:
+            f = slice(frame, frame + 1)
+            local = lambda t: t[f]  # noqa: E731  (the frame's tape, broadcast over the K peaks)
+            p0 = seeds
+        else:
             if self.rules.maxpool == "argmax" or self.rules.residual == "split":
                 raise ValueError("windowed back-propagation supports the sum max-pool and merged/copy residual rules")
-            return self._backprop_window(frame, seeds, stop, window)
-        prob: dict[int, torch.Tensor] = {graph.peak: seeds.to(self.dtype)}
+            local = lambda t: window.crop(t[frame])  # noqa: E731  (the frame's tape in each peak's window)
+            p0 = window.crop_each(seeds)
+        prob: dict[int, torch.Tensor] = {graph.peak: p0.to(self.dtype)}
         ratio: dict[int, torch.Tensor] = {}  # pre-normalised P/Z handed to absorbed convs
 
         def give(j: int, p: torch.Tensor) -> None:
@@ -246,81 +250,39 @@ class Tape:
                 give(op.inputs[0], p)
             elif i in self.wplus:
                 if r is None:
-                    r = p * self.zinv[i][f]
-                a = self.a[i][f]
+                    r = p * local(self.zinv[i])
+                a = local(self.a[i])
                 give(op.inputs[0], _linear_plus_adjoint(op, r, self.wplus[i], a.shape).mul_(a))
             elif op.kind == "maxpool":  # argmax rule
                 src = self.values[op.inputs[0]]
-                idx = self.argmax[i][f].flatten(2).expand(p.shape[0], -1, -1)
+                idx = local(self.argmax[i]).flatten(2).expand(p.shape[0], -1, -1)
                 out = torch.zeros(p.shape[0], src.shape[1], src.shape[2] * src.shape[3], dtype=p.dtype, device=p.device)
                 out.scatter_add_(2, idx, p.flatten(2))
                 give(op.inputs[0], out.view(p.shape[0], *src.shape[1:]))
             elif op.kind == "add":
-                self._add_rule(i, op, p, f, give, ratio)
+                self._add_rule(i, op, p, local, give, ratio)
             else:
                 raise AssertionError(f"no MWP rule for {op.kind}")
-        p = prob[stop]
-        maps = p.float().sum(dim=1)
-        size = self.values[0].shape[-2:]
+        maps = prob[stop].float().sum(dim=1)
+        size = self.values[0].shape[-2:] if window is None else (window.h, window.w)
         if maps.shape[-2:] != size:
             maps = F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
-        return maps
+        return maps if window is None else window.paste(maps, self.values[0].shape[-2:])
 
-    def _backprop_window(self, frame: int, seeds: torch.Tensor, stop: int, win: "Window") -> torch.Tensor:
-        """backprop() inside per-peak windows: the same rules on (K, C, h, w) crops of the tape."""
-        graph, ops = self.graph, self.graph.ops
-        crop = lambda t: win.crop(t[frame])  # noqa: E731  (1 frame of the tape -> K windows)
-        prob: dict[int, torch.Tensor] = {graph.peak: win.crop_each(seeds.to(self.dtype))}
-        ratio: dict[int, torch.Tensor] = {}
-
-        def give(j: int, p: torch.Tensor) -> None:
-            prob[j] = prob[j] + p if j in prob else p
-
-        for i in range(graph.peak, stop, -1):
-            op = ops[i]
-            p = prob.pop(i, None)
-            r = ratio.pop(i, None)
-            if p is None and r is None:
-                continue
-            if op.kind == "act":
-                give(op.inputs[0], p)
-            elif i in self.wplus:
-                if r is None:
-                    r = p * crop(self.zinv[i])
-                a = crop(self.a[i])
-                give(op.inputs[0], _linear_plus_adjoint(op, r, self.wplus[i], a.shape).mul_(a))
-            elif op.kind == "add":
-                if self.rules.residual == "copy":
-                    for j in op.inputs:
-                        give(j, p)
-                    continue
-                r = p * crop(self.zinv[("add", i)])
-                for j in op.inputs:
-                    if j in self.absorbed:
-                        ratio[j] = r
-                    else:
-                        give(j, crop(self.a[(i, j)]) * r)
-            else:
-                raise AssertionError(f"no windowed MWP rule for {op.kind}")
-        maps = prob[stop].float().sum(dim=1)
-        if maps.shape[-2:] != (win.h, win.w):
-            maps = F.interpolate(maps[:, None], size=(win.h, win.w), mode="bilinear", align_corners=False)[:, 0]
-        return win.paste(maps, self.values[0].shape[-2:])
-
-    def _add_rule(self, i, op, p, f, give, ratio) -> None:
+    def _add_rule(self, i, op, p, local, give, ratio) -> None:
         rule = self.rules.residual
         if rule == "copy":
             for j in op.inputs:
                 give(j, p)
         elif rule == "split":
-            parts = [self.values[j][f].clamp(min=0).to(p.dtype) for j in op.inputs]
+            parts = [local(self.values[j]).clamp(min=0).to(p.dtype) for j in op.inputs]
             total = sum(parts)
             for j, c in zip(op.inputs, parts):
                 give(j, torch.where(total > EPS, p * c / total.clamp(min=EPS), p / len(parts)))
         else:  # merged: one MWP layer over both branches, Z = Σ f⁺(A)
-            r = p * self.zinv[("add", i)][f]
+            r = p * local(self.zinv[("add", i)])
             for j in op.inputs:
                 if j in self.absorbed:
                     ratio[j] = r
                 else:
-                    give(j, self.a[(i, j)][f] * r)
+                    give(j, local(self.a[(i, j)]) * r)
