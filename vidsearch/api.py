@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -149,7 +151,7 @@ def _engine(preset: Preset, device: str, weights: str | None):
 
 def index_video(lib: Library, engine, path: Path, info, key: str, sampler: Sampler, batch: int, decoder: str,
                 on_progress=None, replaces: int | None = None, stop_after: int | None = None,
-                decode_workers: int = 1) -> IndexReport:
+                decode_workers: int = 1, original: str | None = None) -> IndexReport:
     """Decode, extract and commit one video, already probed (`info`) and hashed (`key`);
     the caller holds the writer lock."""
     start = time.perf_counter()
@@ -157,7 +159,7 @@ def index_video(lib: Library, engine, path: Path, info, key: str, sampler: Sampl
 
     long_side = decode_long_side(info.width, info.height, engine.preset)
     source = open_source(path, decoder, long_side, info=info, workers=decode_workers)
-    vid = lib.begin_video(path, key, info)
+    vid = lib.begin_video(path, key, info, original)
     try:
         return _extract_and_commit(lib, engine, path, info, source, sampler, batch, vid, on_progress,
                                    replaces, stop_after, start)
@@ -222,8 +224,11 @@ def _extract_and_commit(lib, engine, path, info, source, sampler, batch, vid, on
 def index_videos(paths: list[str], library: str | None = None, preset: str | None = None,
                  fps: float | None = None, every_n: int | None = None, device: str = "auto",
                  batch: int = 8, decoder: str = "decord", weights: str | None = None, wait: float = 0.0,
-                 progress=None, stop_after: int | None = None, decode_workers: int | None = None) -> list[IndexReport]:
+                 progress=None, stop_after: int | None = None, decode_workers: int | None = None,
+                 proxy_of: list[str] | None = None) -> list[IndexReport]:
     """Index videos into the library; unchanged ones are skipped, changed ones re-indexed.
+    With `proxy_of` (folders of camera originals), each video is a proxy: its original is found
+    there by name and recorded, and results point at it (proxies.py).
 
     `progress(path, total_frames)` returns a callback taking a number of new frames."""
     if fps is not None and every_n is not None:
@@ -237,6 +242,9 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
         decode_workers = default_workers()
     if decode_workers < 1:
         raise InputError(f"--decode-workers must be at least 1, got {decode_workers}")
+    from .proxies import check_dirs, describe_original, find_original
+
+    original_dirs = check_dirs(proxy_of or [])
     resolved = []
     for p in paths:
         path = Path(p).expanduser()
@@ -261,13 +269,21 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
                     key = content_key(path)
                     same_path = lib.find_video(path=path)
                     if same_path and same_path.content_key == key:
-                        reports.append(IndexReport(str(path), "unchanged", same_path.frames, same_path.regions))
+                        note = ""
+                        if original_dirs:  # an indexed proxy whose original is (newly) given
+                            original = describe_original(probe(path), find_original(path, original_dirs)).to_json()
+                            if original != same_path.original:
+                                lib.set_original(same_path.id, original)
+                                note = f"original: {Path(json.loads(original)['path']).name}"
+                        reports.append(IndexReport(str(path), "unchanged", same_path.frames, same_path.regions, note=note))
                         continue
                     same_content = lib.find_video(key=key)
                     if same_content and same_content.path != str(path):
                         reports.append(IndexReport(str(path), "duplicate", note=f"same content as {same_content.path}"))
                         continue
                     info = probe(path)
+                    original = describe_original(info, find_original(path, original_dirs)).to_json() \
+                        if original_dirs else None
                     sampler = Sampler(fps=sample_fps if every_n is None else None, every_n=every_n)
                     if engine is None:
                         engine = _engine(chosen, device, weights)
@@ -276,7 +292,7 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
                     tick = progress(path, expected) if progress else None
                     reports.append(index_video(lib, engine, path, info, key, sampler, batch, decoder, tick,
                                                replaces=same_path.id if same_path else None, stop_after=stop_after,
-                                               decode_workers=decode_workers))
+                                               decode_workers=decode_workers, original=original))
                 except InputError as exc:
                     reports.append(IndexReport(str(path), "failed", note=str(exc)))
             if any(r.status in ("indexed", "replaced") for r in reports) or lib.meta("preset"):
@@ -447,7 +463,8 @@ def status(library: str | None = None) -> dict:
             "fingerprint": preset.fingerprint() if preset else None,
             "videos": [{"id": v.id, "path": v.path, "fps": v.fps, "duration": v.duration, "frames": v.frames,
                         "regions": v.regions, "timestamps": "pts" if v.has_pts else "frame/fps (no usable pts)",
-                        "start_tc": v.start_tc, "note": v.note, "indexed_at": v.indexed_at} for v in good],
+                        "start_tc": v.start_tc, "note": v.note, "indexed_at": v.indexed_at,
+                        "original": json.loads(v.original)["path"] if v.original else None} for v in good],
             "unreadable": [{"path": v.path, "why": why} for v, why in bad],
             "frames": sum(v.frames for v in good),
             "regions": sum(v.regions for v in good),

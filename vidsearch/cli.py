@@ -64,6 +64,7 @@ def index(
     weights: Optional[str] = WEIGHTS,
     wait: float = typer.Option(0.0, "--wait", min=0, help="Seconds to wait for another writer."),
     decode_workers: Optional[int] = typer.Option(None, "--decode-workers", help="Decoding processes (default: 1 on small machines, up to 8)."),
+    proxy_of: List[Path] = typer.Option([], "--proxy-of", help="The videos are proxies: their camera originals are in this folder (found by name, e.g. clip.mov for clip_proxy.mp4); results point at the originals."),
 ) -> None:
     """Sample frames, extract DASR* regions, add them to the library (idempotent, resumable)."""
     import time
@@ -81,7 +82,7 @@ def index(
 
         reports = api.index_videos([str(v) for v in videos], str(library) if library else None, preset, fps,
                                    every_n, device, batch, decoder, weights, wait, progress=start,
-                                   decode_workers=decode_workers)
+                                   decode_workers=decode_workers, proxy_of=[str(d) for d in proxy_of])
     table = Table(title="index", show_lines=False)
     for col in ("video", "status", "frames", "regions", "seconds", "note"):
         table.add_column(col)
@@ -306,8 +307,9 @@ def status(library: Optional[Path] = LIBRARY, as_json: bool = typer.Option(False
     for col in ("id", "video", "fps", "duration", "frames", "regions", "time", "note"):
         table.add_column(col)
     for v in s["videos"]:
+        note = "; ".join(n for n in (v["note"], f"proxy of {v['original']}" if v["original"] else "") if n)
         table.add_row(str(v["id"]), v["path"], v["fps"], f"{v['duration']:.1f}s", str(v["frames"]), str(v["regions"]),
-                      v["timestamps"], v["note"] or "")
+                      v["timestamps"], note)
     out.print(table)
     out.print(f"{len(s['videos'])} videos · {s['frames']} frames · {s['regions']} regions")
     for u in s["unreadable"]:
@@ -357,7 +359,7 @@ def demo(
     make_sample(video, seconds=10.0, appear=(3.0, 7.0))
     Image.fromarray(object_crop("coffee")).save(crop)
     err.print(f"2/3 vidsearch index {video} --library {workdir / 'library'}")
-    index([video], workdir / "library", preset, None, None, device, 4, "decord", None, 0.0, None)
+    index([video], workdir / "library", preset, None, None, device, 4, "decord", None, 0.0, None, [])
     err.print(f"3/3 vidsearch find --query {crop} --library {workdir / 'library'} --out {workdir / 'hits'} "
               f"--html {workdir / 'page'}")
     find([crop], [], None, None, workdir / "library", 5, None, False, workdir / "hits", workdir / "page", None, None, True,

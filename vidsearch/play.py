@@ -29,6 +29,9 @@ def play_command(source, n: int, start: str = "start", player: str | None = None
         raise InputError(f"--from must be start or best, got {start!r}")
     seg = segs[n - 1]
     video = seg["video"]
+    proxy = (seg.get("proxy") or {}).get("path")
+    if not Path(video).is_file() and proxy and Path(proxy).is_file():
+        video = proxy  # the camera original is offline: its proxy runs in step with it
     if not Path(video).is_file():
         raise InputError(f"{video} no longer exists: move it back, or index and search again")
     names = [player] if player else list(PLAYERS)

@@ -130,13 +130,32 @@ def write_report(source: str | Path | dict, out_dir: str | Path, thumbs: int = 8
     return path
 
 
+def _pictures_from(seg: dict) -> tuple[str, object]:
+    """The file to take pictures and play from, and a function turning a hit into the same hit
+    in that file's frames: the proxy where the result names its original (lighter, plays in a
+    browser), else the video itself."""
+    proxy = seg.get("proxy")
+    if not proxy or not Path(proxy["path"]).is_file() or not seg.get("width") or not seg.get("height"):
+        return seg["video"], lambda h: h
+    from .timecode import parse_rate
+
+    sx, sy = proxy["width"] / float(seg["width"]), proxy["height"] / float(seg["height"])
+    rate = float(parse_rate(proxy["fps"]))
+
+    def on_proxy(h: dict) -> dict:
+        x1, y1, x2, y2 = (float(v) for v in h["box"])
+        return {**h, "box": [x1 * sx, y1 * sy, x2 * sx, y2 * sy], "frame": int(round(float(h["time"]) * rate))}
+    return proxy["path"], on_proxy
+
+
 def _card(n: int, seg: dict, frames: _Frames, img_dir: Path, out_dir: Path, thumbs: int) -> str:
-    video = seg["video"]
-    hits = sorted(seg.get("hits") or [seg["best"]], key=lambda h: float(h["time"]))
-    best = seg["best"]
+    source, local = _pictures_from(seg)
+    hits = sorted((local(h) for h in seg.get("hits") or [seg["best"]]), key=lambda h: float(h["time"]))
+    best = local(seg["best"])
+    video = seg["video"]  # what the card names: the original where there is one
     e = html.escape
     picture = ""
-    image = frames.get(video, float(best["time"]), int(best.get("frame", 0)))
+    image = frames.get(source, float(best["time"]), int(best.get("frame", 0)))
     if image is not None:
         img = draw_thumbnail(image, best["box"], BEST_WIDTH)
         picture = (f'<img class="best" src="{_save_jpeg(img, img_dir / f"seg-{n:03d}-best.jpg")}" '
@@ -144,7 +163,7 @@ def _card(n: int, seg: dict, frames: _Frames, img_dir: Path, out_dir: Path, thum
     strip = []
     for k in pick_hits(hits, thumbs):
         h = hits[k]
-        image = frames.get(video, float(h["time"]), int(h.get("frame", 0)))
+        image = frames.get(source, float(h["time"]), int(h.get("frame", 0)))
         if image is None:
             continue
         src = _save_jpeg(draw_thumbnail(image, h["box"], THUMB_WIDTH), img_dir / f"seg-{n:03d}-hit-{k + 1:03d}.jpg")
@@ -152,10 +171,10 @@ def _card(n: int, seg: dict, frames: _Frames, img_dir: Path, out_dir: Path, thum
         strip.append(f'<figure class="hit" data-t="{float(h["time"]):.3f}" data-box="{_box_attr(h)}" title="{e(tc)} · score {float(h["score"]):.3f}'
                      f'{" · box refined" if h.get("refined") else ""}"><img src="{src}" alt="hit at {e(tc)}">'
                      f'<figcaption>{e(tc)} · {float(h["score"]):.2f}</figcaption></figure>')
-    playable = Path(video).suffix.lower() in PLAYABLE
-    box = ", ".join(f"{float(v):.0f}" for v in best["box"])
+    playable = Path(source).suffix.lower() in PLAYABLE
+    box = ", ".join(f"{float(v):.0f}" for v in seg["best"]["box"])  # in the named video's pixels
     missing = "" if picture else '<p class="missing">the video cannot be read any more: no pictures</p>'
-    return (f'<section class="card" id="seg-{n}" data-n="{n}" data-video="{e(video_url(video, out_dir))}" '
+    return (f'<section class="card" id="seg-{n}" data-n="{n}" data-video="{e(video_url(source, out_dir))}" '
             f'data-playable="{int(playable)}" data-start="{float(seg["start"]):.3f}" data-best="{float(best["time"]):.3f}" '
             f'data-box="{_box_attr(best)}">'
             f'<header><span class="rank">#{n}</span> <span class="name" title="{e(video)}">{e(Path(video).name)}</span>'

@@ -42,23 +42,44 @@ class Segment:
         return self.best.score
 
     def to_dict(self) -> dict:
-        rate = parse_rate(self.video.fps)
-        return {
-            "video": self.video.path,
+        """The JSON of a segment. For a proxy, the media it names is the camera original (path,
+        rate, size, start timecode, boxes in its pixels, frame numbers at its rate), and
+        `proxy` keeps the file that was indexed, for pictures."""
+        from .proxies import Original
+
+        v = self.video
+        original = Original.from_json(v.original)
+        media = original or v
+        rate = parse_rate(media.fps)
+        sx, sy = (media.width / v.width, media.height / v.height) if original else (1.0, 1.0)
+
+        def hit(h: Hit) -> dict:
+            d = h.to_dict()
+            if original:
+                x1, y1, x2, y2 = h.box
+                d["box"] = [round(x1 * sx, 1), round(y1 * sy, 1), round(x2 * sx, 1), round(y2 * sy, 1)]
+                d["frame"] = int(round(h.time * float(rate)))
+            return d
+
+        out = {
+            "video": media.path,
             "start": round(self.start, 6),
             "end": round(self.end, 6),
-            "start_tc": seconds_to_tc(self.start, rate, start_tc=self.video.start_tc),
-            "end_tc": seconds_to_tc(self.end, rate, start_tc=self.video.start_tc),
-            "fps": self.video.fps,
-            "width": self.video.width,
-            "height": self.video.height,
-            "duration": round(self.video.duration, 6),
-            "media_start_tc": self.video.start_tc,
+            "start_tc": seconds_to_tc(self.start, rate, start_tc=media.start_tc),
+            "end_tc": seconds_to_tc(self.end, rate, start_tc=media.start_tc),
+            "fps": media.fps,
+            "width": media.width,
+            "height": media.height,
+            "duration": round(media.duration, 6),
+            "media_start_tc": media.start_tc,
             "score": round(self.score, 4),
             "snap": self.snap,
-            "best": self.best.to_dict(),
-            "hits": [h.to_dict() for h in self.hits],
+            "best": hit(self.best),
+            "hits": [hit(h) for h in self.hits],
         }
+        if original:
+            out["proxy"] = {"path": v.path, "fps": v.fps, "width": v.width, "height": v.height}
+        return out
 
 
 def fuse(vectors: list[np.ndarray]) -> np.ndarray:

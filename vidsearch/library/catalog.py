@@ -12,7 +12,7 @@ from ..config import Preset, preset_from_dict
 from ..errors import LibraryError
 from ..timecode import format_rate
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 CATALOG = "catalog.sqlite"
 
 _MIGRATIONS: dict[int, list[str]] = {
@@ -33,6 +33,8 @@ _MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX videos_path ON videos(path)",
         "CREATE INDEX videos_key ON videos(content_key)",
     ],
+    # 2: a proxy's camera original (proxies.py), as JSON; NULL for a video indexed as itself
+    2: ["ALTER TABLE videos ADD COLUMN original TEXT"],
 }
 
 
@@ -57,6 +59,7 @@ class VideoRow:
     note: str
     status: str
     indexed_at: str | None
+    original: str | None = None  # JSON of proxies.Original where this video is a proxy
 
 
 _COLUMNS = ", ".join(VideoRow.__dataclass_fields__)
@@ -124,14 +127,14 @@ class Catalog:
                 return v
         return None
 
-    def add_pending(self, path: Path, key: str, info) -> int:
+    def add_pending(self, path: Path, key: str, info, original: str | None = None) -> int:
         st = path.stat()
         cur = self.db.execute(
             "INSERT INTO videos(path, content_key, size, mtime, width, height, fps, duration, frame_count, "
-            "codec, rotation, has_pts, start_tc, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,'pending')",
+            "codec, rotation, has_pts, start_tc, original, status) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,'pending')",
             (str(path), key, st.st_size, st.st_mtime, info.width, info.height,
              format_rate(info.fps), info.duration, info.frame_count,
-             info.codec, info.rotation, int(info.has_pts), info.start_tc))
+             info.codec, info.rotation, int(info.has_pts), info.start_tc, original))
         return int(cur.lastrowid)
 
     def mark_done(self, video_id: int, frames: int, regions: int, has_pts: bool, note: str,
@@ -152,6 +155,9 @@ class Catalog:
         except BaseException:
             self.db.execute("ROLLBACK")
             raise
+
+    def set_original(self, video_id: int, original: str | None) -> None:
+        self.db.execute("UPDATE videos SET original = ? WHERE id = ?", (original, video_id))
 
     def delete(self, video_id: int) -> None:
         self.db.execute("DELETE FROM videos WHERE id = ?", (video_id,))

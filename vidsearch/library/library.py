@@ -129,10 +129,16 @@ class Library:
     def find_video(self, path: Path | None = None, key: str | None = None) -> VideoRow | None:
         return self.catalog.find_video(path, key)
 
-    def begin_video(self, path: Path, key: str, info) -> int:
-        """A pending row: its id names the shard; it counts only once commit_video marks it done."""
+    def begin_video(self, path: Path, key: str, info, original: str | None = None) -> int:
+        """A pending row: its id names the shard; it counts only once commit_video marks it done.
+        `original`: where the video is a proxy, its original (proxies.Original as JSON)."""
         self._require_writer()
-        return self.catalog.add_pending(path, key, info)
+        return self.catalog.add_pending(path, key, info, original)
+
+    def set_original(self, video_id: int, original: str | None) -> None:
+        """Record (or clear) the camera original of an indexed proxy; its regions stay as they are."""
+        self._require_writer()
+        self.catalog.set_original(video_id, original)
 
     def shard_path(self, video_id: int) -> Path:
         return self.shards.path(video_id)
