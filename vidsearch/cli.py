@@ -151,10 +151,11 @@ def find(
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2) + "\n")
         return
-    _print_segments(data, frames, previews)
+    # previews crop the decoded frames, which are the indexed file's (a proxy's, not its original's)
+    _print_segments(data, frames, previews, [seg.best.box for seg in result.result.segments])
 
 
-def _print_segments(data: dict, frames: dict, previews: bool) -> None:
+def _print_segments(data: dict, frames: dict, previews: bool, frame_boxes: list) -> None:
     from .preview import half_blocks
     from .render import crop_box
 
@@ -175,7 +176,7 @@ def _print_segments(data: dict, frames: dict, previews: bool) -> None:
                ",".join(f"{v:.0f}" for v in s["best"]["box"]), str(len(s["hits"]))]
         if show:
             img = frames.get(i - 1)
-            row.append(half_blocks(crop_box(img, s["best"]["box"]), 20) if img is not None else "")
+            row.append(half_blocks(crop_box(img, frame_boxes[i - 1]), 20) if img is not None else "")
         table.add_row(*row)
     out.print(table)
 
