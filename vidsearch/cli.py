@@ -67,6 +67,15 @@ def index(
     proxy_of: List[Path] = typer.Option([], "--proxy-of", help="The videos are proxies: their camera originals are in this folder (found by name, e.g. clip.mov for clip_proxy.mp4); results point at the originals."),
 ) -> None:
     """Sample frames, extract DASR* regions, add them to the library (idempotent, resumable)."""
+    reports = _index_with_progress([str(v) for v in videos], str(library) if library else None, preset, fps, every_n,
+                                   device, batch, decoder, weights, wait, decode_workers, [str(d) for d in proxy_of])
+    if any(r.status == "failed" for r in reports):
+        raise typer.Exit(1)
+
+
+def _index_with_progress(videos: list[str], library, preset, fps, every_n, device, batch, decoder, weights, wait,
+                         decode_workers, proxy_of) -> list:
+    """api.index_videos with a progress bar per video, then the table of what happened."""
     import time
 
     with _fps_progress(err) as progress:
@@ -80,9 +89,8 @@ def index(
                 progress.update(task, rate=f"{done / max(1e-6, time.perf_counter() - t0):.2f} frames/s")
             return tick
 
-        reports = api.index_videos([str(v) for v in videos], str(library) if library else None, preset, fps,
-                                   every_n, device, batch, decoder, weights, wait, progress=start,
-                                   decode_workers=decode_workers, proxy_of=[str(d) for d in proxy_of])
+        reports = api.index_videos(videos, library, preset, fps, every_n, device, batch, decoder, weights, wait,
+                                   progress=start, decode_workers=decode_workers, proxy_of=proxy_of)
     table = Table(title="index", show_lines=False)
     for col in ("video", "status", "frames", "regions", "seconds", "note"):
         table.add_column(col)
@@ -94,8 +102,39 @@ def index(
     for r in reports:
         if r.status == "failed":
             err.print(f"[bold red]error:[/] {r.note}", highlight=False, soft_wrap=True)
-    if any(r.status == "failed" for r in reports):
-        raise typer.Exit(1)
+    return reports
+
+
+@app.command()
+@friendly
+def watch(
+    folders: List[Path] = typer.Argument(..., help="Folders to watch (and their subfolders)."),
+    library: Optional[Path] = LIBRARY,
+    preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset for a new library (default: 'default')."),
+    settle: float = typer.Option(5.0, "--settle", help="Seconds a file must stay the same size before it is indexed."),
+    interval: float = typer.Option(10.0, "--interval", help="Seconds between looks at the folders."),
+    remove_deleted: bool = typer.Option(False, "--remove-deleted", help="Also drop library videos under the folders that were deleted."),
+    once: bool = typer.Option(False, "--once", help="Look once (two looks --settle apart), index what is ready, and stop."),
+    device: str = DEVICE,
+    batch: int = typer.Option(8, "--batch", min=1, help="Frames per forward pass."),
+    proxy_of: List[Path] = typer.Option([], "--proxy-of", help="The watched videos are proxies of the originals in this folder."),
+) -> None:
+    """Index videos as they appear or change in folders, once they have stopped growing; Ctrl-C stops."""
+    from .watch import watch as run_watch
+
+    lib = str(library) if library else None
+    run_watch([str(f) for f in folders],
+              lambda paths: _index_with_progress(paths, lib, preset, None, None, device, batch, "decord", None, 60.0,
+                                                 None, [str(d) for d in proxy_of]),
+              lambda paths: [out.print(f"removed {p}") for p in api.remove(paths, lib, 60.0)],
+              lambda: [v["path"] for v in api.status(lib)["videos"]] if _has_library(lib) else [],
+              settle, interval, remove_deleted, once, log=lambda m: err.print(m, highlight=False))
+
+
+def _has_library(library: str | None) -> bool:
+    from .library import CATALOG, default_library
+
+    return ((Path(library) if library else default_library()) / CATALOG).exists()
 
 
 @app.command()
