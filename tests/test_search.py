@@ -75,7 +75,7 @@ def test_segments_bridge_one_missed_sample_and_end_at_the_next_sample():
     assert last[0].end == 20.0  # the last sample's segment runs to the end of the video
 
 
-def test_library_switches_to_ivf_by_size_and_search_stays_exact(tmp_path):
+def test_library_switches_to_ivf_then_ivfpq_by_size_and_search_stays_exact(tmp_path):
     from types import SimpleNamespace
 
     from vidsearch.config import Preset
@@ -90,8 +90,9 @@ def test_library_switches_to_ivf_by_size_and_search_stays_exact(tmp_path):
     video.write_bytes(b"x")
     all_vecs = []
     with lib.writer():
-        lib.adopt_preset(Preset(name="big", whiten=False, index_type="auto", ivf_min_regions=3000))
-        for v in range(2):
+        lib.adopt_preset(Preset(name="big", whiten=False, index_type="auto", ivf_min_regions=3000,
+                                pq_min_regions=5000, pq_bytes=16))
+        for v in range(3):
             n = 2000
             desc = rng.normal(size=(n, 64)).astype(np.float32)
             desc /= np.linalg.norm(desc, axis=1, keepdims=True)
@@ -102,8 +103,12 @@ def test_library_switches_to_ivf_by_size_and_search_stays_exact(tmp_path):
                                    "sample_frame": np.arange(100) * 24, "sample_time": np.arange(100.0)}, True)
             all_vecs.append(desc.astype(np.float16).astype(np.float32))
             index, _ = lib.load_index(save=True)
-            assert is_exact(index) == (v == 0)  # 2000 regions: flat; 4000 >= 3000: IVF
-    q = all_vecs[1][77]
-    result = search(lib, index, q, top=5, min_score=0.5)
-    best = result.segments[0]
-    assert best.video.id == 2 and best.best.frame == (77 // 20) * 24 and best.score == pytest.approx(1.0, abs=1e-3)
+            assert is_exact(index) == (v == 0)  # 2000 regions: flat; 4000 >= 3000: IVF-SQ8; 6000: IVF-PQ
+            inner = __import__("faiss").downcast_index(index.index)
+            assert type(inner).__name__ == ["IndexFlatIP", "IndexIVFScalarQuantizer", "IndexIVFPQ"][v]
+    for vid, row in ((2, 77), (3, 1234)):  # PQ codes are coarse: the exact re-scoring finds it at 1.0
+        q = all_vecs[vid - 1][row]
+        result = search(lib, index, q, top=5, min_score=0.5)
+        best = result.segments[0]
+        assert best.video.id == vid and best.best.frame == (row // 20) * 24
+        assert best.score == pytest.approx(1.0, abs=1e-3)

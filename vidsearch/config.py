@@ -24,12 +24,12 @@ CHOICES = {
     "prefilter": ("none", "stride8", "stride16"),
     "dtype": ("fp32", "bf16", "fp16"),
     "pooling": ("avg", "max"),
-    "index_type": ("auto", "flat", "ivf"),
+    "index_type": ("auto", "flat", "ivf", "ivfpq"),
 }
 
 # Fields that do not change what a stored vector means (speed knobs, sampling).
 _NOT_FINGERPRINTED = {"name", "sample_fps", "dtype", "prefilter", "peak_chunk", "description", "index_type",
-                      "ivf_min_regions", "nprobe"}
+                      "ivf_min_regions", "pq_min_regions", "pq_bytes", "nprobe"}
 
 
 @dataclass(frozen=True)
@@ -70,8 +70,12 @@ class Preset:
     whole_frame: bool = False  # one extra region per frame: the whole frame, pooled
     sample_fps: float = 1.0
     peak_chunk: int = 64
-    index_type: str = "auto"  # flat | ivf | auto (IVF once the library has ivf_min_regions)
+    # flat | ivf (IVF, 8-bit scalar codes) | ivfpq (IVF, product-quantised codes) | auto: flat, then
+    # IVF-SQ8 from ivf_min_regions, IVF-PQ from pq_min_regions (archive size: ~pq_bytes per region)
+    index_type: str = "auto"
     ivf_min_regions: int = 2_000_000
+    pq_min_regions: int = 50_000_000
+    pq_bytes: int = 64
     nprobe: int = 32
 
     def __post_init__(self) -> None:

@@ -48,20 +48,37 @@ def _sample_vectors(shards: Shards, videos, w: Whitening | None, n: int, seed: i
     return np.ascontiguousarray(np.concatenate(parts))
 
 
+def index_kind(total: int, preset: Preset | None) -> str:
+    """flat, ivf or ivfpq for a library of `total` regions (what `auto` means by size)."""
+    kind = preset.index_type if preset else "flat"
+    if kind == "auto":
+        kind = "flat" if preset is None or total < preset.ivf_min_regions else \
+            "ivf" if total < preset.pq_min_regions else "ivfpq"
+    return kind if total >= 256 else "flat"  # too few to train a coarse quantiser
+
+
+def pq_subquantizers(dim: int, code_bytes: int) -> int:
+    """Sub-quantisers of 8 bits for about `code_bytes` per vector: the largest divisor of the
+    dimension not above it."""
+    return max(m for m in range(1, min(dim, code_bytes) + 1) if dim % m == 0)
+
+
 def build_index(shards: Shards, videos, w: Whitening | None, preset: Preset | None):
     """Exact inner product (IndexFlatIP) by default; IVF with 8-bit scalar codes once the
-    library passes the preset's ivf_min_regions (or when the preset asks for it). Both sit
-    in an IndexIDMap2 so ids stay (video_id << 32) | row."""
+    library passes the preset's ivf_min_regions, IVF with product-quantised codes (about
+    pq_bytes per region) past pq_min_regions (or when the preset asks for either). Search
+    re-scores the approximate hits exactly from the shards. All sit in an IndexIDMap2 so ids
+    stay (video_id << 32) | row."""
     import faiss
 
     total = sum(v.regions for v in videos)
-    kind = preset.index_type if preset else "flat"
-    use_ivf = kind == "ivf" or (kind == "auto" and preset is not None and total >= preset.ivf_min_regions)
+    kind = index_kind(total, preset)
     index = None
-    if use_ivf and total >= 256:
+    if kind in ("ivf", "ivfpq"):
         nlist = int(min(65536, max(16, 4 * np.sqrt(total))))
         train = _sample_vectors(shards, videos, w, min(total, max(64 * nlist, 100_000)))
-        inner = faiss.index_factory(train.shape[1], f"IVF{nlist},SQ8", faiss.METRIC_INNER_PRODUCT)
+        codes = "SQ8" if kind == "ivf" else f"PQ{pq_subquantizers(train.shape[1], preset.pq_bytes if preset else 64)}"
+        inner = faiss.index_factory(train.shape[1], f"IVF{nlist},{codes}", faiss.METRIC_INNER_PRODUCT)
         inner.train(train)
         index = faiss.IndexIDMap2(inner)
     for v in videos:
