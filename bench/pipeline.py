@@ -116,23 +116,32 @@ def bench_writes(tmp: Path, regions: int = 86_400, dim: int = 320) -> dict:
 
 
 def bench_search(n: int, dim: int = 320, kind: str = "auto", queries: int = 20) -> dict:
+    """Latency and memory of search over n random unit regions, with the index the library
+    would build for that size (or `kind`); approximate hits re-scored exactly as in a library."""
     import faiss
 
+    from vidsearch.config import Preset
     from vidsearch.library import region_ids
+    from vidsearch.library.faiss_index import index_kind, pq_subquantizers
     from vidsearch.search import retrieve
 
     rng = np.random.default_rng(0)
-    use_ivf = kind == "ivf" or (kind == "auto" and n >= 2_000_000)
+    preset = Preset(index_type=kind)
+    kind = index_kind(n, preset)
     t0 = time.perf_counter()
-    if use_ivf:
+    stored: list[np.ndarray] = []  # what exact re-scoring reads (the shards, in a library)
+    if kind in ("ivf", "ivfpq"):
         nlist = 4096
         train = rng.normal(size=(min(n, 64 * nlist), dim)).astype(np.float32)
         train /= np.linalg.norm(train, axis=1, keepdims=True)
-        inner = faiss.index_factory(dim, f"IVF{nlist},SQ8", faiss.METRIC_INNER_PRODUCT)
+        codes = "SQ8" if kind == "ivf" else f"PQ{pq_subquantizers(dim, preset.pq_bytes)}"
+        name = f"IVF{nlist},{codes}"
+        inner = faiss.index_factory(dim, name, faiss.METRIC_INNER_PRODUCT)
         inner.train(train)
-        inner.nprobe = 32
+        inner.nprobe = preset.nprobe
         index = faiss.IndexIDMap2(inner)
     else:
+        name = "Flat"
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
     chunk = 500_000
     for start in range(0, n, chunk):
@@ -140,15 +149,24 @@ def bench_search(n: int, dim: int = 320, kind: str = "auto", queries: int = 20) 
         v = rng.normal(size=(m, dim)).astype(np.float32)
         v /= np.linalg.norm(v, axis=1, keepdims=True)
         index.add_with_ids(v, region_ids(1 + start // chunk, m))
+        if kind != "flat" and n <= 2_000_000:
+            stored.append(v.astype(np.float16))
     build = time.perf_counter() - t0
+
+    def exact(ids, q):  # scores from the stored float16 vectors, as from the shards
+        return np.array([stored[int(i >> 32) - 1][int(i & 0xFFFFFFFF)].astype(np.float32) @ q for i in ids],
+                        dtype=np.float32)
+
     qs = rng.normal(size=(queries, dim)).astype(np.float32)
     qs /= np.linalg.norm(qs, axis=1, keepdims=True)
     lat = []
     for q in qs:
         t0 = time.perf_counter()
-        retrieve(index, q, 0.25)  # random data: a threshold a few hundred regions pass
+        retrieve(index, q, 0.25, exact=exact if stored else None)  # random data: a few hundred regions pass
         lat.append(time.perf_counter() - t0)
-    return {"regions": n, "index": "IVF4096,SQ8 nprobe 32" if use_ivf else "Flat", "build_s": build,
+    code = faiss.downcast_index(index.index).code_size
+    return {"regions": n, "index": name + (f" nprobe {preset.nprobe}" if kind != "flat" else ""),
+            "index_mb": n * (code + 8) / 1e6, "build_s": build, "rescored": bool(stored),
             "median_ms": 1000 * float(np.median(lat)), "p90_ms": 1000 * float(np.percentile(lat, 90))}
 
 
@@ -163,8 +181,8 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--end-to-end", action="store_true", help="also index each video with the full pipeline")
     ap.add_argument("--search-sizes", type=float, nargs="*", default=[1e6])
-    ap.add_argument("--search-index", default="auto", choices=["auto", "flat", "ivf"],
-                    help="auto: IVF4096,SQ8 from 2M regions, as the library does")
+    ap.add_argument("--search-index", default="auto", choices=["auto", "flat", "ivf", "ivfpq"],
+                    help="auto: as the library does (Flat, IVF-SQ8 from 2M regions, IVF-PQ from 50M)")
     ap.add_argument("--json")
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="vidsearch-bench-"))
@@ -202,9 +220,11 @@ def main() -> None:
     w = report["writes"]
     lines += ["", f"library writes: {w['regions_per_s']:.0f} regions/s ({w['shard_mb']:.0f} MB shard for a 2-hour movie "
               f"in {w['seconds_per_movie']:.2f} s); index rebuild for 3 movies {w['index_rebuild_s_3_movies']:.1f} s", "",
-              "| regions | index | build s | median ms/query | p90 ms |", "|---|---|---|---|---|"]
+              "| regions | index | index MB | build s | median ms/query | p90 ms | exact re-scoring |",
+              "|---|---|---|---|---|---|---|"]
     for s in report["search"]:
-        lines.append(f"| {s['regions']:,} | {s['index']} | {s['build_s']:.0f} | {s['median_ms']:.1f} | {s['p90_ms']:.1f} |")
+        lines.append(f"| {s['regions']:,} | {s['index']} | {s['index_mb']:.0f} | {s['build_s']:.0f} | {s['median_ms']:.1f} | "
+                     f"{s['p90_ms']:.1f} | {'yes' if s['rescored'] else 'no'} |")
     print("\n".join(lines))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
