@@ -323,6 +323,9 @@ def _reference_batches(seqs, proto, batch: int):
         yield group
 
 
+INDEX_FIELDS = {"index_type", "ivf_min_regions", "pq_min_regions", "pq_bytes", "nprobe"}
+
+
 def _disk_cache(cache: dict, key: str, seqs, proto) -> Path | None:
     """Where a run's reference regions are kept between runs (eval --cache DIR), named by the
     preset and the reference frames, so protocols and query modes can be compared for free."""
@@ -341,7 +344,9 @@ def run_region_method(spec: MethodSpec, base: Preset, seqs, proto, device: str, 
     from .dasr.query import query_views
 
     preset = spec.preset(base)
-    key = json.dumps(preset.replace(pooling="avg", name="", description="").to_dict(), sort_keys=True)
+    # what decides the regions; index settings (used by libraries, not here) are left out
+    key = json.dumps({k: v for k, v in preset.replace(pooling="avg", name="", description="").to_dict().items()
+                      if k not in INDEX_FIELDS}, sort_keys=True)
     disk = _disk_cache(cache, key, seqs, proto)
     if key not in cache and disk is not None and disk.is_file():
         with np.load(disk) as z:
