@@ -188,3 +188,13 @@ def test_premiere_xml_read_back_by_otio_has_a_marker_per_segment(fps, start_tc, 
             seconds_to_tc(seg["best"]["time"], rate, start_tc=start_tc)
         src_in = clip.source_range.start_time
         assert otio.opentime.to_timecode(src_in, src_in.rate, drop) == seconds_to_tc(seg["start"], rate, start_tc=start_tc)
+
+
+def test_messages_with_brackets_are_printed_as_they_are(tmp_path):
+    """Rich would take "[shots]" or "[b]" in a message for markup and drop it."""
+    from .helpers import run
+
+    hits = tmp_path / "hits.json"
+    hits.write_text(json.dumps({"segments": []}))
+    result = run("export", hits, "--format", "edl[b]", "-o", tmp_path / "x.edl", ok=False)
+    assert result.exit_code != 0 and "'edl[b]'" in result.output

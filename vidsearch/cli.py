@@ -10,6 +10,7 @@ from typing import List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
@@ -34,7 +35,7 @@ def friendly(fn):
         try:
             return fn(*args, **kwargs)
         except VidsearchError as exc:
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, markup=True, soft_wrap=True)
             raise typer.Exit(exc.exit_code)
         except KeyboardInterrupt:
             err.print("interrupted: videos already committed are kept; run the same command again to resume")
@@ -101,7 +102,7 @@ def _index_with_progress(videos: list[str], library, preset, fps, every_n, devic
     err.print(table)
     for r in reports:
         if r.status == "failed":
-            err.print(f"[bold red]error:[/] {r.note}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(r.note)}", highlight=False, soft_wrap=True)
     return reports
 
 
@@ -172,7 +173,7 @@ def find(
                           refine_frames=refine_frames, progress=start, snap=snap)
     data = result.to_dict()
     for w in result.warnings:
-        err.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)  # [shots] is not markup
     frames = {}
     if out_dir or (previews and not as_json and out.is_terminal) or (previews and not as_json and out.color_system):
         frames = api.best_frames(result.result.segments)

@@ -169,5 +169,6 @@ def snap_to_shots(segments: list, shards_of) -> tuple[list, list[str]]:
     merged.sort(key=lambda s: -s.score)
     if plain:
         notes.append(f"{len(plain)} video(s) were indexed without shot detection, so their segments end at "
-                     "sampled frames: pip install 'vidsearch[shots]' and index them again to snap to shots")
+                     "sampled frames: with 'vidsearch[shots]' installed, vidsearch remove FILE and index it again "
+                     "to snap to shots")
     return merged, notes
