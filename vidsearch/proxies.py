@@ -75,11 +75,13 @@ def describe_original(proxy_info, path: Path) -> Original:
     return Original(str(path), format_rate(info.fps), info.width, info.height, info.duration, info.start_tc)
 
 
-def check_dirs(dirs: list[str]) -> list[Path]:
+def check_dirs(dirs: list[str], what: str = "--proxy-of {}: not a folder (give the folder that holds the "
+               "originals)") -> list[Path]:
+    """The folders, resolved; one that is not a folder is an error (`what`, with its name)."""
     out = []
     for d in dirs:
         path = Path(d).expanduser()
         if not path.is_dir():
-            raise InputError(f"--proxy-of {d}: not a folder (give the folder that holds the originals)")
+            raise InputError(what.format(d))
         out.append(path.resolve())
     return out

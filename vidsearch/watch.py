@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable
 
 from .errors import InputError
-from .proxies import VIDEO_EXTENSIONS
+from .proxies import VIDEO_EXTENSIONS, check_dirs
 
 Snapshot = dict[Path, tuple[int, float]]
 
@@ -38,23 +38,13 @@ def settled(before: Snapshot, after: Snapshot) -> list[Path]:
     return sorted(p for p, v in after.items() if before.get(p) == v and v[0] > 0)
 
 
-def check_dirs(dirs: list[str]) -> list[Path]:
-    out = []
-    for d in dirs:
-        path = Path(d).expanduser()
-        if not path.is_dir():
-            raise InputError(f"{d}: not a folder (watch takes folders to watch)")
-        out.append(path.resolve())
-    return out
-
-
 def watch(dirs: list[str], index_fn: Callable[[list[str]], object], remove_fn: Callable[[list[str]], object],
           library_videos: Callable[[], list[str]], settle: float = 5.0, interval: float = 10.0,
           remove_deleted: bool = False, once: bool = False, log: Callable[[str], None] = print) -> None:
     """Poll `dirs` every `interval` seconds (or one round with `once`): index settled files
     whose size or time changed since they were last handed over, and (with `remove_deleted`)
     drop library videos under `dirs` that no longer exist."""
-    roots = check_dirs(dirs)
+    roots = check_dirs(dirs, "{}: not a folder (watch takes folders to watch)")
     if settle < 0 or interval <= 0:
         raise InputError("--settle must be >= 0 and --interval > 0 seconds")
     handed: Snapshot = {}
