@@ -71,24 +71,15 @@ class SampleCuts:
 def exact_cut(path: str | Path, t0: float, t1: float, info=None) -> float | None:
     """The time of the first frame of a new shot in (t0, t1], from every frame in between
     (None: no cut there). Times as in the index: from the stream's first frame."""
-    from .video import _open, probe
+    from .video import _open, decode_from, probe
 
     info = info or probe(path)
     container = _open(Path(path))
     try:
-        stream = container.streams.video[0]
-        stream.thread_type = "NONE"  # leaving the loop early with frames in flight can hang FFmpeg
-        if info.has_pts and stream.time_base:
-            container.seek(max(0, int((t0 - 1.0) / float(stream.time_base))) + (stream.start_time or 0),
-                           stream=stream, backward=True, any_frame=False)
         detector = _detector()
         times: list[float] = []
         period = 1.0 / float(info.fps)
-        for i, frame in enumerate(container.decode(stream)):
-            if info.has_pts and frame.pts is not None and stream.time_base:
-                t = float((frame.pts - info.first_pts) * stream.time_base)
-            else:
-                t = i * period
+        for t, frame in decode_from(container, info, t0):
             if t < t0 - period / 2:
                 continue
             if t > t1 + period / 2:

@@ -408,6 +408,30 @@ def read_frame_at(path: str | Path, seconds: float, decoder: str = "pyav") -> Fr
     return Frame(index, index / float(info.fps), grab_frame(path, seconds, index, info))
 
 
+def timed(container, info: VideoInfo) -> bool:
+    """Whether frames of this open file are placed by their timestamps (else by count / fps)."""
+    return bool(info.has_pts and container.streams.video[0].time_base)
+
+
+def decode_from(container, info: VideoInfo, time: float) -> Iterator[tuple[float, object]]:
+    """PyAV frames of an open file from about `time` on, each with its time in seconds counted from
+    the stream's first frame, as when indexing: a seek to the keyframe a second before `time`
+    where the file is `timed` (frames without a timestamp skipped), else every frame from the
+    start at count / fps. No frame threading here: leaving the decode loop early with frames in
+    flight can hang FFmpeg when the codec is freed (PyAV #909/#367; seen in `find --refine`)."""
+    stream = container.streams.video[0]
+    if not timed(container, info):
+        period = 1.0 / float(info.fps)
+        for i, frame in enumerate(container.decode(stream)):
+            yield i * period, frame
+        return
+    container.seek(max(0, int((time - 1.0) / float(stream.time_base))) + (stream.start_time or 0),
+                   stream=stream, backward=True, any_frame=False)
+    for frame in container.decode(stream):
+        if frame.pts is not None:
+            yield float((frame.pts - info.first_pts) * stream.time_base), frame
+
+
 def grab_frame(path: str | Path, time: float, index: int, info: VideoInfo | None = None) -> np.ndarray:
     """The full-resolution, upright frame `index` (at `time`): seek to the keyframe before it
     and decode forward; files without usable timestamps are decoded from the start."""
@@ -415,26 +439,18 @@ def grab_frame(path: str | Path, time: float, index: int, info: VideoInfo | None
     period = 1.0 / float(info.fps)
     container = _open(Path(path))
     try:
-        stream = container.streams.video[0]
-        # No frame threading here: leaving the decode loop early with frames in flight can hang
-        # FFmpeg when the codec is freed (PyAV #909/#367; seen in `find --refine`).
-        if info.has_pts and stream.time_base:
-            container.seek(max(0, int((time - 1.0) / float(stream.time_base))) + (stream.start_time or 0),
-                           stream=stream, backward=True, any_frame=False)
-            last = None
-            for frame in container.decode(stream):
-                if frame.pts is None:
-                    continue
-                # Times are counted from the stream's first frame, as when indexing.
-                t = float((frame.pts - info.first_pts) * stream.time_base)
+        by_time = timed(container, info)
+        last = None
+        for i, (t, frame) in enumerate(decode_from(container, info, time)):
+            if by_time:
                 last = frame
                 if t >= time - period / 2:
                     break
-            if last is not None:
-                return _upright(last.to_ndarray(format="rgb24"), info.rotation)
-        for i, frame in enumerate(container.decode(stream)):
-            if i >= index:
-                return _upright(frame.to_ndarray(format="rgb24"), info.rotation)
+            elif i >= index:
+                last = frame
+                break
+        if last is not None:
+            return _upright(last.to_ndarray(format="rgb24"), info.rotation)
     finally:
         container.close()
     raise InputError(f"frame {index} of {path} cannot be decoded any more (was the file changed?)")
