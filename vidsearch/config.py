@@ -27,9 +27,10 @@ CHOICES = {
     "index_type": ("auto", "flat", "ivf", "ivfpq"),
 }
 
-# Fields that do not change what a stored vector means (speed knobs, sampling).
-_NOT_FINGERPRINTED = {"name", "sample_fps", "dtype", "prefilter", "peak_chunk", "description", "index_type",
-                      "ivf_min_regions", "pq_min_regions", "pq_bytes", "nprobe"}
+# Fields that only choose the FAISS index a library builds: they change no region.
+INDEX_FIELDS = {"index_type", "ivf_min_regions", "pq_min_regions", "pq_bytes", "nprobe"}
+# Fields that do not change what a stored vector means (speed knobs, sampling, the index).
+_NOT_FINGERPRINTED = {"name", "sample_fps", "dtype", "prefilter", "peak_chunk", "description"} | INDEX_FIELDS
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import Preset, load_preset, with_overrides
+from .config import INDEX_FIELDS, Preset, load_preset, with_overrides
 from .dasr.describe import Whitening, l2n
 from .errors import InputError
 
@@ -321,9 +321,6 @@ def _reference_batches(seqs, proto, batch: int):
         last_seq = si
     if group:
         yield group
-
-
-INDEX_FIELDS = {"index_type", "ivf_min_regions", "pq_min_regions", "pq_bytes", "nprobe"}
 
 
 def _disk_cache(cache: dict, key: str, seqs, proto) -> Path | None:

@@ -203,10 +203,10 @@ class Tape:
         with every layer's grid (frame sides must be multiples of the peak layer's stride)."""
         h0, w0 = self.values[0].shape[-2:]
         hp, wp = self.values[self.graph.peak].shape[-2:]
-        if radius <= 0 or h0 % hp or w0 % wp or (h0 // hp) != (w0 // wp):
+        if radius <= 0:
             return None
         stride = h0 // hp
-        for v in self.values[: self.graph.peak + 1]:  # every layer's grid lines up with the windows
+        for v in self.values[: self.graph.peak + 1]:  # every layer's grid (the peak's too) lines up
             s = h0 // v.shape[-2]
             if v.shape[-2] * s != h0 or v.shape[-1] * s != w0 or s & (s - 1) or stride % s:
                 return None
