@@ -42,6 +42,14 @@ class Original:
         return Original(**json.loads(text)) if text else None
 
 
+def rescale_hit(hit: dict, sx: float, sy: float, fps: float) -> dict:
+    """A hit (as in the JSON) in the frames of the other file of a proxy pair: its box scaled by
+    (sx, sy), its frame number at that file's rate (the two run in step, so times stay)."""
+    x1, y1, x2, y2 = (float(v) for v in hit["box"])
+    return {**hit, "box": [round(x1 * sx, 1), round(y1 * sy, 1), round(x2 * sx, 1), round(y2 * sy, 1)],
+            "frame": int(round(float(hit["time"]) * fps))}
+
+
 def original_stem(proxy: Path) -> str:
     """The name the original has: the proxy's stem without its proxy suffix."""
     return _SUFFIX.sub("", proxy.stem) or proxy.stem

@@ -137,15 +137,12 @@ def _pictures_from(seg: dict) -> tuple[str, object]:
     proxy = seg.get("proxy")
     if not proxy or not Path(proxy["path"]).is_file() or not seg.get("width") or not seg.get("height"):
         return seg["video"], lambda h: h
+    from .proxies import rescale_hit
     from .timecode import parse_rate
 
     sx, sy = proxy["width"] / float(seg["width"]), proxy["height"] / float(seg["height"])
     rate = float(parse_rate(proxy["fps"]))
-
-    def on_proxy(h: dict) -> dict:
-        x1, y1, x2, y2 = (float(v) for v in h["box"])
-        return {**h, "box": [x1 * sx, y1 * sy, x2 * sx, y2 * sy], "frame": int(round(float(h["time"]) * rate))}
-    return proxy["path"], on_proxy
+    return proxy["path"], lambda h: rescale_hit(h, sx, sy, rate)
 
 
 def _card(n: int, seg: dict, frames: _Frames, img_dir: Path, out_dir: Path, thumbs: int) -> str:

@@ -45,21 +45,17 @@ class Segment:
         """The JSON of a segment. For a proxy, the media it names is the camera original (path,
         rate, size, start timecode, boxes in its pixels, frame numbers at its rate), and
         `proxy` keeps the file that was indexed, for pictures."""
-        from .proxies import Original
+        from .proxies import Original, rescale_hit
 
         v = self.video
         original = Original.from_json(v.original)
         media = original or v
         rate = parse_rate(media.fps)
-        sx, sy = (media.width / v.width, media.height / v.height) if original else (1.0, 1.0)
 
         def hit(h: Hit) -> dict:
-            d = h.to_dict()
             if original:
-                x1, y1, x2, y2 = h.box
-                d["box"] = [round(x1 * sx, 1), round(y1 * sy, 1), round(x2 * sx, 1), round(y2 * sy, 1)]
-                d["frame"] = int(round(h.time * float(rate)))
-            return d
+                return rescale_hit(h.to_dict(), media.width / v.width, media.height / v.height, float(rate))
+            return h.to_dict()
 
         out = {
             "video": media.path,
