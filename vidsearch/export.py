@@ -237,26 +237,35 @@ def resolve_marker_texts(data: dict, opts: Options) -> dict[str, str]:
     return out
 
 
+def _edit_xml(text: str, root_tag: str, edit) -> str:
+    """An adapter's XML with `edit(root)` applied to its root element; the prolog and DOCTYPE
+    before the root are kept as written."""
+    import xml.etree.ElementTree as ET
+
+    head, _, body = text.partition(f"<{root_tag}")
+    root = ET.fromstring(f"<{root_tag}" + body)
+    edit(root)
+    ET.indent(root, space="    ")
+    return head + ET.tostring(root, encoding="unicode") + "\n"
+
+
 def _complete_fcpxml(text: str, data: dict, opts: Options) -> str:
     """The FCPXML adapter leaves frameDuration empty for NTSC rates it cannot look up
     (int(29.97...) is 29): fill in the exact frame duration and the frame size."""
-    import xml.etree.ElementTree as ET
-
     segs = selected(data, opts)
     if not segs:
         return text
     rate, drop = _rates(segs, opts.drop_frame)
-    head, _, body = text.partition("<fcpxml")
-    root = ET.fromstring("<fcpxml" + body)
-    for fmt in root.iter("format"):
-        if not fmt.get("frameDuration"):
-            d = 1 / rate
-            fmt.set("frameDuration", f"{d.numerator}/{d.denominator}s")
-        if segs[0].get("width") and segs[0].get("height"):
-            fmt.set("width", str(segs[0]["width"]))
-            fmt.set("height", str(segs[0]["height"]))
-    ET.indent(root, space="    ")
-    return head + ET.tostring(root, encoding="unicode") + "\n"
+
+    def edit(root) -> None:
+        for fmt in root.iter("format"):
+            if not fmt.get("frameDuration"):
+                d = 1 / rate
+                fmt.set("frameDuration", f"{d.numerator}/{d.denominator}s")
+            if segs[0].get("width") and segs[0].get("height"):
+                fmt.set("width", str(segs[0]["width"]))
+                fmt.set("height", str(segs[0]["height"]))
+    return _edit_xml(text, "fcpxml", edit)
 
 
 def premiere_xml_text(data: dict, opts: Options) -> str:
@@ -269,19 +278,18 @@ def premiere_xml_text(data: dict, opts: Options) -> str:
     segs = selected(data, opts)
     if not segs or not (segs[0].get("width") and segs[0].get("height")):
         return text
-    head, _, body = text.partition("<xmeml")
-    root = ET.fromstring("<xmeml" + body)
-    rate_e = root.find(".//sequence/rate")
-    for fmt in root.iter("format"):
-        if len(fmt):
-            continue
-        sample = ET.SubElement(fmt, "samplecharacteristics")
-        if rate_e is not None:
-            sample.append(ET.fromstring(ET.tostring(rate_e)))
-        ET.SubElement(sample, "width").text = str(segs[0]["width"])
-        ET.SubElement(sample, "height").text = str(segs[0]["height"])
-    ET.indent(root, space="    ")
-    return head + ET.tostring(root, encoding="unicode") + "\n"
+
+    def edit(root) -> None:
+        rate_e = root.find(".//sequence/rate")
+        for fmt in root.iter("format"):
+            if len(fmt):
+                continue
+            sample = ET.SubElement(fmt, "samplecharacteristics")
+            if rate_e is not None:
+                sample.append(ET.fromstring(ET.tostring(rate_e)))
+            ET.SubElement(sample, "width").text = str(segs[0]["width"])
+            ET.SubElement(sample, "height").text = str(segs[0]["height"])
+    return _edit_xml(text, "xmeml", edit)
 
 
 # ----------------------------------------------------------------------------- tables
