@@ -252,9 +252,9 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
         if path.is_dir():
             raise InputError(f"{p} is a directory: give video files (e.g. {p}/*.mp4)")
         resolved.append(path.resolve())
-    from .library import CATALOG, default_library
+    from .library import CATALOG, library_root
 
-    root = Path(library) if library else default_library()
+    root = library_root(library)
     created = not (root / CATALOG).exists() and not (root.exists() and any(root.iterdir()))
     lib = Library.open(root, create=True)
     reports: list[IndexReport] = []
@@ -470,6 +470,19 @@ def status(library: str | None = None) -> dict:
             "whitening": {"version": w.version, "fitted_on": w.fitted_on, "dims": int(w.proj.shape[0])} if w else None,
             "index": {"current": current, "bytes": index_bytes},
         }
+    finally:
+        lib.close()
+
+
+def indexed_paths(library: str | None = None) -> list[str]:
+    """Paths of the library's videos; none where no library has been made yet."""
+    from .library import CATALOG, library_root
+
+    if not (library_root(library) / CATALOG).is_file():
+        return []
+    lib = Library.open(library)
+    try:
+        return [v.path for v in lib.videos()]
     finally:
         lib.close()
 

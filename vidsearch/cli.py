@@ -128,14 +128,8 @@ def watch(
               lambda paths: _index_with_progress(paths, lib, preset, None, None, device, batch, "decord", None, 60.0,
                                                  None, [str(d) for d in proxy_of]),
               lambda paths: [out.print(f"removed {p}") for p in api.remove(paths, lib, 60.0)],
-              lambda: [v["path"] for v in api.status(lib)["videos"]] if _has_library(lib) else [],
+              lambda: api.indexed_paths(lib),
               settle, interval, remove_deleted, once, log=lambda m: err.print(m, highlight=False))
-
-
-def _has_library(library: str | None) -> bool:
-    from .library import CATALOG, default_library
-
-    return ((Path(library) if library else default_library()) / CATALOG).exists()
 
 
 @app.command()

@@ -32,6 +32,11 @@ from .shards import SHARD_FIELDS, Shards
 from .whitening_store import load_whitening, maybe_fit_whitening
 
 
+def library_root(root: str | Path | None = None) -> Path:
+    """The library directory meant: the one given, else the default."""
+    return Path(root) if root else default_library()
+
+
 def default_library() -> Path:
     env = os.environ.get("VIDSEARCH_LIBRARY")
     if env:
@@ -52,7 +57,7 @@ class Library:
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, root: str | Path | None = None, create: bool = False) -> "Library":
-        root = Path(root) if root else default_library()
+        root = library_root(root)
         lib = cls(root)
         catalog = root / CATALOG
         if not catalog.is_file():
