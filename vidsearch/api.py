@@ -244,6 +244,9 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
     from .proxies import check_dirs, describe_original, find_original
 
     original_dirs = check_dirs(proxy_of or [])
+
+    def original_of(path: Path, info) -> str | None:  # where the videos are proxies: the original, as JSON
+        return describe_original(info, find_original(path, original_dirs)).to_json() if original_dirs else None
     resolved = []
     for p in paths:
         path = Path(p).expanduser()
@@ -270,7 +273,7 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
                     if same_path and same_path.content_key == key:
                         note = ""
                         if original_dirs:  # an indexed proxy whose original is (newly) given
-                            original = describe_original(probe(path), find_original(path, original_dirs)).to_json()
+                            original = original_of(path, probe(path))
                             if original != same_path.original:
                                 lib.set_original(same_path.id, original)
                                 note = f"original: {Path(json.loads(original)['path']).name}"
@@ -281,8 +284,7 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
                         reports.append(IndexReport(str(path), "duplicate", note=f"same content as {same_content.path}"))
                         continue
                     info = probe(path)
-                    original = describe_original(info, find_original(path, original_dirs)).to_json() \
-                        if original_dirs else None
+                    original = original_of(path, info)
                     sampler = Sampler(fps=sample_fps if every_n is None else None, every_n=every_n)
                     if engine is None:
                         engine = _engine(chosen, device, weights)
