@@ -13,7 +13,7 @@ import numpy as np
 from .config import Preset, load_preset
 from .dasr.query import query_views
 from .errors import InputError, LibraryError, VidsearchError
-from .library import REGION_FIELDS, Library, content_key
+from .library import Library, content_key
 from .search import SearchResult, fuse, search
 from .video import Sampler, open_source, probe, read_ahead, read_frame_at
 
@@ -173,61 +173,40 @@ def index_video(lib: Library, engine, path: Path, info, key: str, sampler: Sampl
 def _extract_and_commit(lib, engine, path, info, source, sampler, batch, vid, on_progress, replaces,
                         stop_after, start) -> IndexReport:
     from . import shots
+    from .extract import ShardBuilder, shard_notes
 
-    frames_idx, frames_t = [], []
-    parts = {k: [] for k in REGION_FIELDS}
-    done = 0
+    shard = ShardBuilder(info.width, info.height, engine.dim)
     cuts = shots.SampleCuts() if shots.available() else None
     for group in read_ahead(source.frames(sampler), batch):
-        images = [f.image for f in group]
-        regions = engine.extract_views(np.stack(images))
+        shard.add(engine, group)
         if cuts is not None:
-            cuts.feed(images)
-        fh, fw = images[0].shape[:2]
-        scale = np.array([info.width / fw, info.height / fh] * 2, dtype=np.float32)
-        frames_idx += [f.index for f in group]
-        frames_t += [f.time for f in group]
-        parts["frame"].append(np.array([group[j].index for j in regions.frame], dtype=np.int64))
-        parts["time"].append(np.array([group[j].time for j in regions.frame], dtype=np.float64))
-        parts["box"].append(regions.boxes * scale)
-        parts["score"].append(regions.scores)
-        parts["desc"].append(regions.vectors.astype(np.float16))
-        parts["level"].append(regions.level)
-        parts["kind"].append(regions.kind)
-        done += len(group)
+            cuts.feed([f.image for f in group])
         if on_progress:
             on_progress(len(group))
-        if stop_after is not None and done >= stop_after:  # tests: simulate a crash mid-video
+        if stop_after is not None and shard.frames >= stop_after:  # tests: simulate a crash mid-video
             raise KeyboardInterrupt
-    if not frames_idx:
+    if not shard.frames:
         raise InputError(f"{path}: no frame could be decoded" + (f" ({source.stopped_at})" if source.stopped_at else ""))
-    dim = engine.dim
-    arrays = {k: (np.concatenate(v) if v else np.zeros((0, 4) if k == "box" else (0, dim) if k == "desc" else 0))
-              for k, v in parts.items()}
-    arrays["sample_frame"] = np.array(frames_idx, dtype=np.int64)
-    arrays["sample_time"] = np.array(frames_t, dtype=np.float64)
+    arrays = shard.arrays()
     if cuts is not None:
         arrays["shot_cut"] = cuts.positions()
-    notes = []
-    if not info.has_pts:
-        notes.append("no usable timestamps: times are frame / fps")
-    if source.stopped_at:
-        notes.append(f"truncated: {source.stopped_at}")
-    elif info.duration - frames_t[-1] > max(2.0, 2.0 / (sampler.fps or 1.0)) and sampler.every_n is None:
-        notes.append(f"decoding ended at {frames_t[-1]:.1f}s of {info.duration:.1f}s (truncated file?)")
-    lib.commit_video(vid, arrays, info.has_pts, "; ".join(notes), replaces=replaces)
-    return IndexReport(str(path), "replaced" if replaces else "indexed", len(frames_idx), len(arrays["frame"]),
-                       time.perf_counter() - start, "; ".join(notes))
+    note = "; ".join(shard_notes(info, sampler, shard.sample_time[-1], source.stopped_at))
+    lib.commit_video(vid, arrays, info.has_pts, note, replaces=replaces)
+    return IndexReport(str(path), "replaced" if replaces else "indexed", shard.frames, len(arrays["frame"]),
+                       time.perf_counter() - start, note)
 
 
 def index_videos(paths: list[str], library: str | None = None, preset: str | None = None,
                  fps: float | None = None, every_n: int | None = None, device: str = "auto",
                  batch: int = 8, decoder: str = "decord", weights: str | None = None, wait: float = 0.0,
                  progress=None, stop_after: int | None = None, decode_workers: int | None = None,
-                 proxy_of: list[str] | None = None) -> list[IndexReport]:
+                 proxy_of: list[str] | None = None, ray: str | None = None, ray_workers: int | None = None,
+                 chunk_frames: int | None = None) -> list[IndexReport]:
     """Index videos into the library; unchanged ones are skipped, changed ones re-indexed.
     With `proxy_of` (folders of camera originals), each video is a proxy: its original is found
-    there by name and recorded, and results point at it (proxies.py).
+    there by name and recorded, and results point at it (proxies.py). With `ray` ("local", "auto"
+    or a cluster address), extraction runs on Ray Data (ray_index.py): `ray_workers` extract
+    actors (default: one per GPU, else one), long videos in chunks of `chunk_frames` samples.
 
     `progress(path, total_frames)` returns a callback taking a number of new frames."""
     if fps is not None and every_n is not None:
@@ -241,6 +220,8 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
         decode_workers = default_workers()
     if decode_workers < 1:
         raise InputError(f"--decode-workers must be at least 1, got {decode_workers}")
+    if ray is not None:
+        _check_ray(ray, ray_workers, chunk_frames, batch)
     from .proxies import check_dirs, describe_original, find_original
 
     original_dirs = check_dirs(proxy_of or [])
@@ -261,6 +242,7 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
     created = not (root / CATALOG).exists() and not (root.exists() and any(root.iterdir()))
     lib = Library.open(root, create=True)
     reports: list[IndexReport] = []
+    jobs: list = []  # with Ray: the videos to extract there
     engine = None
     try:
         with lib.writer(wait):
@@ -287,15 +269,24 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
                     original = original_of(path, info)
                     sampler = Sampler(fps=sample_fps if every_n is None else None, every_n=every_n)
                     if engine is None:
-                        engine = _engine(chosen, device, weights)
+                        # with Ray the actors build their engines: this one checks the weights load
+                        engine = _engine(chosen, "cpu" if ray is not None else device, weights)
                         lib.adopt_preset(chosen)
                     expected = (info.frame_count // every_n + 1) if every_n else int(info.duration * sample_fps) + 1
                     tick = progress(path, expected) if progress else None
+                    replaces = same_path.id if same_path else None
+                    if ray is not None:  # extracted below, all videos in one Ray run
+                        jobs.append(_ray_job(lib, path, info, key, original, sampler, chosen, decoder, replaces, tick))
+                        continue
                     reports.append(index_video(lib, engine, path, info, key, sampler, batch, decoder, tick,
-                                               replaces=same_path.id if same_path else None, stop_after=stop_after,
+                                               replaces=replaces, stop_after=stop_after,
                                                decode_workers=decode_workers, original=original))
                 except InputError as exc:
                     reports.append(IndexReport(str(path), "failed", note=str(exc)))
+            if jobs:
+                reports += _index_on_ray(lib, jobs, chosen, device, weights, batch, ray, ray_workers, chunk_frames)
+                order = {str(p): i for i, p in enumerate(resolved)}
+                reports.sort(key=lambda r: order.get(r.path, len(order)))
             if any(r.status in ("indexed", "replaced") for r in reports) or lib.meta("preset"):
                 lib.refresh(lib.preset() or chosen)
     finally:
@@ -305,6 +296,58 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
             import shutil
 
             shutil.rmtree(root, ignore_errors=True)
+    return reports
+
+
+def _check_ray(address: str, workers: int | None, chunk_frames: int | None, batch: int) -> None:
+    from . import ray_index
+
+    if not ray_index.available():
+        raise InputError("--ray needs Ray Data: pip install 'vidsearch[ray]' (or index without --ray)")
+    if workers is not None and workers < 1:
+        raise InputError(f"--ray-workers must be at least 1, got {workers}")
+    if chunk_frames is not None and (chunk_frames < batch or chunk_frames % batch):
+        raise InputError(f"--chunk-frames must be a multiple of --batch ({batch}), got {chunk_frames}")
+
+
+def _ray_job(lib: Library, path: Path, info, key: str, original: str | None, sampler: Sampler, preset: Preset,
+             decoder: str, replaces: int | None, tick):
+    from .dasr.views import decode_long_side
+    from .ray_index import Job
+
+    vid = lib.begin_video(path, key, info, original)
+    return Job(path, info, vid, sampler, decode_long_side(info.width, info.height, preset), decoder, replaces, tick)
+
+
+def _index_on_ray(lib: Library, jobs: list, preset: Preset, device: str, weights: str | None, batch: int,
+                  address: str, workers: int | None, chunk_frames: int | None) -> list[IndexReport]:
+    """Extract the pending videos on Ray and commit each as it completes; what did not commit
+    (a failure, an interrupt) is rolled back to how it was."""
+    from . import ray_index
+
+    start = time.perf_counter()
+    reports = []
+    left = {job.video_id: job for job in jobs}
+    run = ray_index.new_run()
+    parts = lib.parts_dir(run)
+    try:
+        for out in ray_index.run(jobs, parts, preset, device, weights, batch, address, workers, chunk_frames):
+            job = out.job
+            del left[job.video_id]
+            if out.error:
+                lib.remove_video(job.video_id)
+                reports.append(IndexReport(str(job.path), "failed", note=out.error))
+                continue
+            lib.commit_video(job.video_id, out.arrays, job.info.has_pts, out.note, replaces=job.replaces)
+            reports.append(IndexReport(str(job.path), "replaced" if job.replaces else "indexed", out.frames,
+                                       out.regions, time.perf_counter() - start, out.note))
+    finally:
+        for vid in left:  # interrupted: these never committed
+            try:
+                lib.remove_video(vid)
+            except Exception:
+                pass
+        lib.drop_parts()
     return reports
 
 

@@ -66,16 +66,22 @@ def index(
     wait: float = typer.Option(0.0, "--wait", min=0, help="Seconds to wait for another writer."),
     decode_workers: Optional[int] = typer.Option(None, "--decode-workers", help="Decoding processes (default: 1 on small machines, up to 8)."),
     proxy_of: List[Path] = typer.Option([], "--proxy-of", help="The videos are proxies: their camera originals are in this folder (found by name, e.g. clip.mov for clip_proxy.mp4); results point at the originals."),
+    ray: bool = typer.Option(False, "--ray", help="Extract on Ray Data (pip install 'vidsearch[ray]'), on a Ray started on this machine unless --ray-address says which cluster."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Implies --ray: 'auto' (the cluster this machine is in) or a cluster address; the library must be on storage every node sees."),
+    ray_workers: Optional[int] = typer.Option(None, "--ray-workers", help="With --ray: extract actors (default: one per GPU, else one)."),
+    chunk_frames: Optional[int] = typer.Option(None, "--chunk-frames", help="With --ray: sampled frames per task for long videos (default: up to 256, by frame size)."),
 ) -> None:
     """Sample frames, extract DASR* regions, add them to the library (idempotent, resumable)."""
     reports = _index_with_progress([str(v) for v in videos], str(library) if library else None, preset, fps, every_n,
-                                   device, batch, decoder, weights, wait, decode_workers, [str(d) for d in proxy_of])
+                                   device, batch, decoder, weights, wait, decode_workers, [str(d) for d in proxy_of],
+                                   ray=ray_address or ("local" if ray else None), ray_workers=ray_workers,
+                                   chunk_frames=chunk_frames)
     if any(r.status == "failed" for r in reports):
         raise typer.Exit(1)
 
 
 def _index_with_progress(videos: list[str], library, preset, fps, every_n, device, batch, decoder, weights, wait,
-                         decode_workers, proxy_of) -> list:
+                         decode_workers, proxy_of, **ray) -> list:
     """api.index_videos with a progress bar per video, then the table of what happened."""
     import time
 
@@ -91,7 +97,7 @@ def _index_with_progress(videos: list[str], library, preset, fps, every_n, devic
             return tick
 
         reports = api.index_videos(videos, library, preset, fps, every_n, device, batch, decoder, weights, wait,
-                                   progress=start, decode_workers=decode_workers, proxy_of=proxy_of)
+                                   progress=start, decode_workers=decode_workers, proxy_of=proxy_of, **ray)
     table = Table(title="index", show_lines=False)
     for col in ("video", "status", "frames", "regions", "seconds", "note"):
         table.add_column(col)

@@ -27,7 +27,8 @@ def available() -> bool:
     return True
 
 
-def _small_bgr(image: np.ndarray) -> np.ndarray:
+def thumbnail(image: np.ndarray) -> np.ndarray:
+    """The small BGR copy of a frame the detector sees."""
     import cv2
 
     # every n-th pixel first (to about twice the thumbnail), then an area average: a full-size
@@ -58,8 +59,12 @@ class SampleCuts:
         self.cuts: list[int] = []
 
     def feed(self, images) -> None:
-        for image in images:
-            self.cuts += self.detector.process_frame(self.n, _small_bgr(image))
+        self.feed_thumbnails(thumbnail(image) for image in images)
+
+    def feed_thumbnails(self, thumbs) -> None:
+        """Fed thumbnails made elsewhere (on Ray workers), in sample order."""
+        for thumb in thumbs:
+            self.cuts += self.detector.process_frame(self.n, thumb)
             self.n += 1
 
     def positions(self) -> np.ndarray:

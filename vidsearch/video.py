@@ -308,15 +308,20 @@ class DecordSource:
                     pending.append((nxt, pool.submit(_decode_run, str(self.info.path), nxt, w, h)))
                 yield idx, fut.result()
 
-    def frames(self, sampler: Sampler) -> Iterator[Frame]:
+    def open(self):
+        """decord's reader at the decode size (decord2 applies the display matrix itself: ask for
+        the upright size)."""
         decord = import_decord()
-        info = self.info
-        # decord2 applies the display matrix itself: ask for the upright (display) size.
-        w, h = scaled_size(info.width, info.height, self.long_side)
+        w, h = scaled_size(self.info.width, self.info.height, self.long_side)
         try:
-            vr = decord.VideoReader(str(info.path), ctx=decord.cpu(0), width=w, height=h, num_threads=0)
+            return decord.VideoReader(str(self.info.path), ctx=decord.cpu(0), width=w, height=h, num_threads=0)
         except Exception as exc:
-            raise InputError(f"{info.path}: decord cannot open it ({type(exc).__name__}); try --decoder pyav") from None
+            raise InputError(f"{self.info.path}: decord cannot open it ({type(exc).__name__}); try --decoder pyav") from None
+
+    def plan(self, sampler: Sampler, vr=None) -> tuple[list[int], list[float]]:
+        """The frames the sampler keeps, and every frame's time (from the stream's first frame)."""
+        info = self.info
+        vr = vr if vr is not None else self.open()
         n = len(vr)
         period = 1.0 / float(info.fps)
         stamps = vr.get_frame_timestamp(list(range(n)))[:, 0].tolist() if n else []
@@ -326,7 +331,12 @@ class DecordSource:
         if not _usable(stamps):
             info.has_pts = False
             stamps = [i * period for i in range(n)]
-        wanted = [i for i in range(n) if sampler.take(i, stamps[i], period)]
+        return [i for i in range(n) if sampler.take(i, stamps[i], period)], stamps
+
+    def frames(self, sampler: Sampler) -> Iterator[Frame]:
+        vr = self.open()
+        w, h = scaled_size(self.info.width, self.info.height, self.long_side)
+        wanted, stamps = self.plan(sampler, vr)
         runs = [wanted[c : c + self.chunk] for c in range(0, len(wanted), self.chunk)]
         if self.workers > 1 and len(runs) > 1:
             del vr

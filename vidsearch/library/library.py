@@ -8,6 +8,8 @@ Layout:
     index/manifest.json   which videos and whitening version the FAISS file holds
     index/<digest>.faiss  IndexIDMap2(IndexFlatIP or IVF-SQ8), ids (video_id << 32) | row — a cache
     write.lock            one writer at a time
+    parts/<run>/          pieces of shards written by Ray workers (ray_index.py) until the writer
+                          that started them joins and commits them; any left are a dead run's
 
 Every file is written to a temporary name, fsynced and renamed into place. An interrupted
 `index` leaves a 'pending' catalog row, removed with its shard by the next writer.
@@ -16,6 +18,7 @@ Every file is written to a temporary name, fsynced and renamed into place. An in
 from __future__ import annotations
 
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -163,6 +166,18 @@ class Library:
         if replaces is not None:
             self.shards.path(replaces).unlink(missing_ok=True)
 
+    def parts_dir(self, run: str) -> Path:
+        """A fresh folder for the shard pieces of one distributed run (see ray_index.py)."""
+        self._require_writer()
+        path = self.root / "parts" / run
+        path.mkdir(parents=True)
+        return path
+
+    def drop_parts(self) -> None:
+        """Remove every run's pieces: only the one writer's run can be using them."""
+        self._require_writer()
+        shutil.rmtree(self.root / "parts", ignore_errors=True)
+
     def remove_video(self, video_id: int) -> None:
         self._require_writer()
         self.catalog.delete(video_id)
@@ -177,6 +192,7 @@ class Library:
             if d.is_dir():
                 for p in d.glob(".*.tmp"):
                     p.unlink(missing_ok=True)
+        self.drop_parts()  # pieces of a run that died before its commit
         for vid in self.shards.ids_on_disk():
             if vid not in done:
                 self.shards.path(vid).unlink(missing_ok=True)
