@@ -99,20 +99,21 @@ def chunk_length(width: int, height: int, batch: int) -> int:
 
 def split_at_keyframes(wanted: list[int], keys: list[int], length: int, batch: int) -> list[list[int]]:
     """Split the sampled frames into chunks of about `length`. Each boundary lies on a whole
-    engine batch (so batches are those of a plain run) within half a chunk of its place, where
-    the fewest frames lie between the keyframe before the chunk's first sample and that sample
-    (what the chunk decodes only to reach its start)."""
-    keys = sorted(keys) or [0]
+    engine batch (so the batches are those of a plain run), within half a chunk of its place;
+    where a keyframe falls in that range, at the sample closest after one (so the chunk
+    decodes few frames only to reach its start), else at its place."""
+    keys = np.array(sorted(keys) or [0])
     bounds = [0]
     while len(wanted) - bounds[-1] > length + length // 2:
         target = bounds[-1] + length
-        options = range(max(bounds[-1] + batch, target - length // 2), min(len(wanted) - 1, target + length // 2) + 1)
-        options = [p for p in options if p % batch == 0] or [target]
+        options = [p for p in range(max(bounds[-1] + 1, target - length // 2), min(len(wanted) - 1, target + length // 2) + 1)
+                   if p % batch == 0] or [target]
+        inside = (keys > wanted[options[0]]) & (keys <= wanted[options[-1]])
 
-        def waste(p: int) -> tuple[int, int]:
+        def cost(p: int) -> tuple[int, int]:
             key = keys[max(0, int(np.searchsorted(keys, wanted[p], side="right")) - 1)]
-            return wanted[p] - key, abs(p - target)
-        bounds.append(min(options, key=waste))
+            return (int(wanted[p] - key) if inside.any() else 0), abs(p - target)
+        bounds.append(min(options, key=cost))
     bounds.append(len(wanted))
     return [wanted[a:b] for a, b in zip(bounds, bounds[1:]) if b > a]
 
@@ -120,17 +121,18 @@ def split_at_keyframes(wanted: list[int], keys: list[int], length: int, batch: i
 def plan(job: Job, batch: int, chunk_frames: int | None = None) -> list[dict]:
     """The chunk rows of one video. Files decord cannot seek in (no timestamps) or that ask for
     PyAV are one chunk that the decode task splits as it goes."""
+    w, h = scaled_size(job.info.width, job.info.height, job.long_side)
+    length = chunk_frames or chunk_length(w, h, batch)
     base = {"video_id": job.video_id, "path": str(job.path), "long_side": job.long_side,
-            "width": job.info.width, "height": job.info.height,
+            "width": job.info.width, "height": job.info.height, "per_piece": length,
             "fps": job.sampler.fps or 0.0, "every_n": job.sampler.every_n or 0}
     source = open_source(job.path, job.decoder, job.long_side, info=job.info)
     if not isinstance(source, DecordSource):
         return [{**base, "pyav": True, "chunk": 0, "chunks": 1, "frames": np.zeros(0, np.int64), "times": np.zeros(0)}]
     vr = source.open()
     wanted, stamps = source.plan(job.sampler, vr)
-    w, h = scaled_size(job.info.width, job.info.height, job.long_side)
     keys = [int(k) for k in vr.get_key_indices()]
-    chunks = split_at_keyframes(wanted, keys, chunk_frames or chunk_length(w, h, batch), batch) or [[]]
+    chunks = split_at_keyframes(wanted, keys, length, batch) or [[]]
     return [{**base, "pyav": False, "chunk": c, "chunks": len(chunks), "frames": np.array(idx, np.int64),
              "times": np.array([stamps[i] for i in idx], np.float64)} for c, idx in enumerate(chunks)]
 
@@ -174,7 +176,7 @@ def decode_chunk(row: dict) -> Iterator[dict]:
     """Ray Data flat_map: a chunk row -> rows of decoded frames ("pieces"), numbered within the
     video. A decord chunk is one piece; a PyAV video is cut into pieces as it decodes."""
     try:
-        for frames, stopped, has_pts, piece, last in _pieces_of(row, chunk_length(int(row["width"]), int(row["height"]), 1)):
+        for frames, stopped, has_pts, piece, last in _pieces_of(row, int(row["per_piece"])):
             yield _piece_row(row, frames, piece, last, stopped=stopped or "", has_pts=has_pts)
     except InputError as exc:
         yield _piece_row(row, [], int(row["chunk"]), int(row["chunk"]) == int(row["chunks"]) - 1, error=str(exc))

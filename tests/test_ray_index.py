@@ -1,0 +1,180 @@
+"""`index --ray`: Ray Data in local mode gives the library a plain `index` gives, and neither a
+killed worker nor a killed driver leaves it inconsistent."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray.data")
+
+from tests.helpers import run  # noqa: E402
+from vidsearch import api, ray_index  # noqa: E402
+from vidsearch.library import Library  # noqa: E402
+from vidsearch.sample import make_sample, object_crop, render_frames, write_video  # noqa: E402
+
+TINY = str(Path(__file__).parent / "presets" / "tiny.toml")
+# 4 samples a second, chunks of 4 samples, batches of 2: the 6-s clip is 6 chunks, the AVI
+# (no timestamps: PyAV) is cut into pieces as it decodes, the 2-s clip is one chunk.
+ARGS = ["--preset", TINY, "--device", "cpu", "--fps", "4", "--batch", "2"]
+RAY = ["--ray", "--chunk-frames", "4"]
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def test_chunk_boundaries_fall_on_batches_and_after_keyframes():
+    chunks = ray_index.split_at_keyframes(list(range(100)), [0, 37, 70], length=30, batch=5)
+    # 40 is the first multiple of 5 at or after the keyframe 37; 70 is a keyframe itself
+    assert [(c[0], len(c)) for c in chunks] == [(0, 40), (40, 30), (70, 30)]
+    # one GOP (or every frame a keyframe): boundaries where they are due
+    assert [(c[0], len(c)) for c in ray_index.split_at_keyframes(list(range(100)), [0], 30, 5)] == \
+        [(0, 30), (30, 30), (60, 40)]
+    # sampled frames, not every frame: the boundary goes to the sample after keyframe 372
+    chunks = ray_index.split_at_keyframes(list(range(0, 1000, 10)), [0, 372, 695], 30, 5)
+    assert [c[0] for c in chunks] == [0, 400, 700]
+    # short videos are one chunk; every sample is in exactly one chunk, in order
+    assert ray_index.split_at_keyframes(list(range(7)), [0], 30, 2) == [list(range(7))]
+    assert sum(ray_index.split_at_keyframes(list(range(0, 500, 3)), [0, 99, 250], 16, 4), []) == list(range(0, 500, 3))
+
+
+def test_chunks_hold_a_bounded_amount_of_decoded_frames():
+    assert ray_index.chunk_length(512, 288, 8) == 256  # 0.4 MB frames: the count limit
+    n = ray_index.chunk_length(3840, 2160, 8)  # 25 MB frames: the memory limit
+    assert n % 8 == 0 and n * 3840 * 2160 * 3 <= ray_index.CHUNK_BYTES
+    assert ray_index.chunk_length(8192, 8192, 4) == 4  # never less than one batch
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ray_videos")
+    make_sample(root / "long.mp4", seconds=6.0, appear=(1.0, 4.0), size=(320, 180))
+    make_sample(root / "short.mp4", seconds=2.0, appear=(0.0, 1.5), size=(320, 180))
+    frames, _ = render_frames(size=(192, 108), seconds=3.0, appear=(0.5, 2.5))
+    write_video(root / "nopts.avi", frames, Fraction(24))
+    crop = root / "cup.png"
+    from PIL import Image
+
+    Image.fromarray(object_crop("coffee")).save(crop)
+    return {"paths": [root / "long.mp4", root / "short.mp4", root / "nopts.avi"], "crop": crop}
+
+
+@pytest.fixture(scope="module")
+def plain(videos, tmp_path_factory):
+    lib = tmp_path_factory.mktemp("plain") / "lib"
+    run("index", *videos["paths"], "-l", lib, *ARGS)
+    return lib
+
+
+def _cli(lib, paths, *extra, env=None):
+    cmd = [sys.executable, "-m", "vidsearch", "index", *map(str, paths), "-l", str(lib), *ARGS, *RAY, *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=300)
+
+
+def _same_library(a: Path, b: Path, crop: Path) -> None:
+    """Every video has the same shard, array for array, and a query gets the same hits."""
+    la, lb = Library.open(a), Library.open(b)
+    try:
+        assert lb.verify() == [] and not (b / "parts").exists()
+        va = {v.path: v for v in la.videos()}
+        vb = {v.path: v for v in lb.videos()}
+        assert sorted(va) == sorted(vb)
+        for path in va:
+            assert (va[path].frames, va[path].regions, va[path].note) == (vb[path].frames, vb[path].regions, vb[path].note)
+            with np.load(la.shard_path(va[path].id)) as za, np.load(lb.shard_path(vb[path].id)) as zb:
+                assert sorted(za.files) == sorted(zb.files)
+                for k in za.files:
+                    assert np.array_equal(za[k], zb[k]), (path, k)
+    finally:
+        la.close()
+        lb.close()
+    ha = api.find([str(crop)], library=str(a), device="cpu", refine=False).to_dict()["segments"]
+    hb = api.find([str(crop)], library=str(b), device="cpu", refine=False).to_dict()["segments"]
+    assert ha and ha == hb  # segments, scores, every hit's frame, time and box
+
+
+@pytest.mark.slow
+def test_ray_index_gives_the_library_a_plain_index_gives(videos, plain, tmp_path):
+    # the plan really splits: the long clip into chunks; the AVI goes to PyAV
+    from vidsearch.video import Sampler, probe
+
+    info = probe(videos["paths"][0])
+    job = ray_index.Job(videos["paths"][0], info, 1, Sampler(fps=4.0), 128, "decord")
+    assert len(ray_index.plan(job, batch=2, chunk_frames=4)) == 6
+    avi = ray_index.Job(videos["paths"][2], probe(videos["paths"][2]), 2, Sampler(fps=4.0), 128, "decord")
+    assert ray_index.plan(avi, batch=2, chunk_frames=4)[0]["pyav"]
+
+    lib = tmp_path / "lib"
+    done = _cli(lib, videos["paths"])
+    assert done.returncode == 0, done.stderr
+    _same_library(plain, lib, videos["crop"])
+    # and a second run finds nothing to do
+    again = _cli(lib, videos["paths"])
+    assert again.returncode == 0 and again.stderr.count("unchanged") == 3, again.stderr
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_video_is_retried(videos, plain, tmp_path):
+    lib = tmp_path / "lib"
+    marker = tmp_path / "killed"
+    done = _cli(lib, videos["paths"], env={ray_index.KILL_ENV: str(marker)})
+    assert done.returncode == 0, done.stderr
+    assert marker.exists()  # the extract actor really died (SIGKILL) at a video's second piece
+    _same_library(plain, lib, videos["crop"])
+
+
+@pytest.mark.slow
+def test_a_killed_driver_leaves_a_consistent_library_and_the_next_run_finishes(videos, plain, tmp_path):
+    lib = tmp_path / "lib"
+    # a first video committed, so the kill lands in a library with something to keep
+    first = _cli(lib, videos["paths"][1:2])
+    assert first.returncode == 0, first.stderr
+    cmd = [sys.executable, "-m", "vidsearch", "index", *map(str, videos["paths"]), "-l", str(lib), *ARGS, *RAY,
+           "--chunk-frames", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None and not list(lib.glob("parts/*/*.npz")):
+        time.sleep(0.2)
+    assert proc.poll() is None, "the run ended before any piece was written"
+    os.kill(proc.pid, signal.SIGKILL)  # the driver only: its Ray goes down with it
+    proc.wait()
+    parts = list(lib.glob("parts/*/*.npz"))
+    assert parts  # pieces of unfinished videos were on disk at the kill
+
+    reader = Library.open(lib)
+    try:
+        assert reader.verify() == []  # what committed is whole; pending rows do not count
+        assert [Path(v.path).name for v in reader.videos()] == ["short.mp4"]
+    finally:
+        reader.close()
+    status = api.status(str(lib))  # readers work on it as it is
+    assert [Path(v["path"]).name for v in status["videos"]] == ["short.mp4"]
+
+    done = _cli(lib, videos["paths"])  # the next writer drops the dead run and finishes the job
+    assert done.returncode == 0, done.stderr
+    _same_library(plain, lib, videos["crop"])
+    try:  # Ray's node agents can outlive a driver killed this way: not this test's business
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.mark.slow
+def test_ray_errors_are_one_line(videos, tmp_path, monkeypatch):
+    result = run("index", videos["paths"][1], "-l", tmp_path / "a", *ARGS, "--ray", "--chunk-frames", "3", ok=False)
+    assert result.exit_code != 0 and "--chunk-frames must be a multiple of --batch" in result.output
+    result = run("index", videos["paths"][1], "-l", tmp_path / "b", *ARGS, "--ray-workers", "0", "--ray", ok=False)
+    assert result.exit_code != 0 and "--ray-workers must be at least 1" in result.output
+    monkeypatch.setattr(ray_index, "available", lambda: False)
+    result = run("index", videos["paths"][1], "-l", tmp_path / "c", *ARGS, "--ray", ok=False)
+    assert result.exit_code != 0 and "pip install 'vidsearch[ray]'" in result.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
