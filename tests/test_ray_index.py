@@ -51,6 +51,43 @@ def test_chunks_hold_a_bounded_amount_of_decoded_frames():
     assert ray_index.chunk_length(8192, 8192, 4) == 4  # never less than one batch
 
 
+def _piece(tmp_path, vid: int, piece: int, first: int, n: int, last: bool, stopped: str = "") -> dict:
+    """A piece's summary row as an extract actor returns it, with its file written."""
+    frames = np.arange(first, first + n, dtype=np.int64)
+    arrays = {"frame": frames, "time": frames / 4.0, "box": np.zeros((n, 4), np.float32),
+              "score": np.ones(n, np.float32), "desc": np.zeros((n, 8), np.float16),
+              "level": np.ones(n, np.int8), "kind": np.zeros(n, np.int8),
+              "sample_frame": frames, "sample_time": frames / 4.0}
+    path = tmp_path / f"v{vid}.p{piece}.npz"
+    np.savez(path, **arrays)
+    return {"video_id": vid, "piece": piece, "last": last, "frames": n, "regions": n, "stopped": stopped,
+            "error": "", "has_pts": True, "part": str(path)}
+
+
+def test_pieces_are_joined_in_order_once_all_are_in(tmp_path):
+    from vidsearch.video import Sampler, VideoInfo
+
+    info = VideoInfo(tmp_path / "a.mp4", 320, 180, Fraction(4), 40, 10.0, "h264")
+    jobs = {1: ray_index.Job(info.path, info, 1, Sampler(fps=4.0), 128, "decord"),
+            2: ray_index.Job(info.path, info, 2, Sampler(fps=4.0), 128, "decord")}
+    pending = {1: ray_index._Pieces(), 2: ray_index._Pieces()}
+    rows = [_piece(tmp_path, 1, 2, 8, 4, last=True), _piece(tmp_path, 1, 0, 0, 4, last=False),
+            _piece(tmp_path, 2, 0, 0, 4, last=False),
+            _piece(tmp_path, 2, 1, 4, 2, last=False, stopped="decoding stopped near frame 6 (DECORDError)"),
+            _piece(tmp_path, 1, 0, 0, 4, last=False),  # a retried call: the same piece again
+            _piece(tmp_path, 1, 1, 4, 4, last=False), _piece(tmp_path, 2, 2, 12, 4, last=True)]
+    outcomes = list(ray_index._collect(iter(rows), pending, jobs, with_cuts=False))
+    # video 1 completes when its middle piece arrives, joined in order; video 2 keeps what
+    # decoded up to the piece that stopped, and says so
+    assert [o.job.video_id for o in outcomes] == [1, 2] and not pending
+    assert outcomes[0].arrays["sample_frame"].tolist() == list(range(12)) and outcomes[0].frames == 12
+    assert outcomes[1].arrays["frame"].tolist() == list(range(6)) and "truncated" in outcomes[1].note
+    # a run that ends with a video's pieces missing reports it instead of committing a hole
+    pending = {1: ray_index._Pieces()}
+    lost = list(ray_index._collect(iter(rows[:1]), pending, jobs, with_cuts=False))
+    assert lost[0].error.startswith("the Ray run ended before")
+
+
 # ----------------------------------------------------------------------------- end to end
 
 

@@ -23,3 +23,7 @@ class LockedError(LibraryError):
 
 class WeightsError(VidsearchError):
     """Model weights are missing, corrupt or for another architecture."""
+
+
+class ClusterError(VidsearchError):
+    """A distributed run (index --ray) failed on the cluster's side."""

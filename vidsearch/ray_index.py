@@ -32,7 +32,7 @@ from typing import Callable, Iterator
 import numpy as np
 
 from .config import Preset
-from .errors import InputError
+from .errors import ClusterError, InputError
 from .extract import ShardBuilder, join, shard_notes
 from .video import DecordSource, Frame, Sampler, VideoInfo, _decode_run, open_source, probe, scaled_size
 
@@ -81,7 +81,7 @@ class _Pieces:
 def available() -> bool:
     try:
         import ray  # noqa: F401
-        import ray.data  # noqa: F401
+        import ray.data  # noqa: F401 (the extra installs both)
     except ImportError:
         return False
     return True
@@ -289,7 +289,8 @@ def run(jobs: list[Job], parts: Path, preset: Preset, device: str, weights: str 
     n, resources = pool_shape(device, workers)
     gpu = "num_gpus" in resources
     cores = int(ray.cluster_resources().get("CPU", os.cpu_count() or 1))
-    threads = 0 if gpu else max(1, (os.cpu_count() or 1) // n)
+    # CPU actors on this machine share its cores; on a cluster each keeps torch's own choice
+    threads = max(1, (os.cpu_count() or 1) // n) if not gpu and address in (None, "", "local") else 0
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     rows, by_id = [], {}
@@ -310,7 +311,18 @@ def run(jobs: list[Job], parts: Path, preset: Preset, device: str, weights: str 
                                                   "threads": threads},
                 compute=ray.data.ActorPoolStrategy(size=n), **resources)
     pending = {vid: _Pieces() for vid in by_id}
-    for row in ds.iter_rows():
+    try:
+        yield from _collect(ds.iter_rows(), pending, by_id, shots.available())
+    except ray.exceptions.RayError as exc:
+        first = str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+        raise ClusterError(f"the Ray run failed ({first[:300]}); videos not yet committed were rolled back: "
+                           "fix the cause (is vidsearch installed on every node, the library on shared "
+                           "storage?) and run the same command again") from None
+
+
+def _collect(rows, pending: dict[int, _Pieces], by_id: dict[int, Job], with_cuts: bool) -> Iterator[Outcome]:
+    """Gather the pieces as they come back; a video is done once all of its pieces are in."""
+    for row in rows:
         vid = int(row["video_id"])
         if vid not in pending:  # a retried piece of a video already committed
             continue
@@ -322,7 +334,7 @@ def run(jobs: list[Job], parts: Path, preset: Preset, device: str, weights: str 
             job.tick(int(row["frames"]))
         if pieces.complete():
             del pending[vid]
-            yield _outcome(job, [pieces.rows[k] for k in range(pieces.last + 1)], shots.available())
+            yield _outcome(job, [pieces.rows[k] for k in range(pieces.last + 1)], with_cuts)
     for vid in pending:  # cannot happen unless Ray lost rows: say so rather than commit a hole
         yield Outcome(by_id[vid], error="the Ray run ended before all of this video's pieces came back")
 
