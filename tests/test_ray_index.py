@@ -211,7 +211,9 @@ def test_ray_errors_are_one_line(videos, tmp_path, monkeypatch):
     assert result.exit_code != 0 and "--chunk-frames must be a multiple of --batch" in result.output
     result = run("index", videos["paths"][1], "-l", tmp_path / "b", *ARGS, "--ray-workers", "0", "--ray", ok=False)
     assert result.exit_code != 0 and "--ray-workers must be at least 1" in result.output
+    result = run("index", videos["paths"][1], "-l", tmp_path / "d", *ARGS, "--ray-workers", "2", ok=False)
+    assert result.exit_code != 0 and "add --ray" in result.output
     monkeypatch.setattr(ray_index, "available", lambda: False)
     result = run("index", videos["paths"][1], "-l", tmp_path / "c", *ARGS, "--ray", ok=False)
     assert result.exit_code != 0 and "pip install 'vidsearch[ray]'" in result.output
-    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+    assert not any((tmp_path / d).exists() for d in "abcd")

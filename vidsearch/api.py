@@ -222,6 +222,8 @@ def index_videos(paths: list[str], library: str | None = None, preset: str | Non
         raise InputError(f"--decode-workers must be at least 1, got {decode_workers}")
     if ray is not None:
         _check_ray(ray, ray_workers, chunk_frames, batch)
+    elif ray_workers is not None or chunk_frames is not None:
+        raise InputError("--ray-workers and --chunk-frames are for indexing on Ray: add --ray")
     from .proxies import check_dirs, describe_original, find_original
 
     original_dirs = check_dirs(proxy_of or [])

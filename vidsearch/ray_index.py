@@ -34,7 +34,7 @@ import numpy as np
 from .config import Preset
 from .errors import ClusterError, InputError
 from .extract import ShardBuilder, join, shard_notes
-from .video import DecordSource, Frame, Sampler, VideoInfo, _decode_run, open_source, probe, scaled_size
+from .video import DecordSource, Frame, Sampler, VideoInfo, decode_run, open_source, probe, scaled_size
 
 CHUNK_BYTES = 256 << 20  # decoded frames per chunk: what one task may hold in memory
 MAX_CHUNK = 256  # sampled frames per chunk at most, so long videos spread over workers
@@ -164,7 +164,7 @@ def _pieces_of(row: dict, per_piece: int) -> Iterator[tuple[list[Frame], str | N
     for start in range(0, len(frames), DECODE_RUN):
         idx = frames[start : start + DECODE_RUN]
         try:
-            batch = _decode_run(path, idx, w, h)
+            batch = decode_run(path, idx, w, h)
         except Exception as exc:  # a truncated or damaged stream: keep what decoded
             stopped = f"decoding stopped near frame {idx[0]} ({type(exc).__name__})"
             break

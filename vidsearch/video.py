@@ -263,7 +263,7 @@ class PyAVSource:
 _WORKER_READERS: dict = {}
 
 
-def _decode_run(path: str, indices: list[int], width: int, height: int) -> np.ndarray:
+def decode_run(path: str, indices: list[int], width: int, height: int) -> np.ndarray:
     """In a worker process: decode one run of frames (one seek, then forward)."""
     key = (path, width, height)
     if key not in _WORKER_READERS:
@@ -298,14 +298,14 @@ class DecordSource:
             pending = []
             runs_iter = iter(runs)
             for idx in runs_iter:
-                pending.append((idx, pool.submit(_decode_run, str(self.info.path), idx, w, h)))
+                pending.append((idx, pool.submit(decode_run, str(self.info.path), idx, w, h)))
                 if len(pending) >= 2 * self.workers:
                     break
             while pending:
                 idx, fut = pending.pop(0)
                 nxt = next(runs_iter, None)
                 if nxt is not None:
-                    pending.append((nxt, pool.submit(_decode_run, str(self.info.path), nxt, w, h)))
+                    pending.append((nxt, pool.submit(decode_run, str(self.info.path), nxt, w, h)))
                 yield idx, fut.result()
 
     def open(self):
