@@ -214,8 +214,9 @@ def main() -> None:
         report["search"] = [bench_search(int(n), kind=args.search_index) for n in args.search_sizes]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    lines = ["| video | decode sampled frames/s | decode x realtime | engine frames/s | end-to-end s | end-to-end frames/s |",
-             "|---|---|---|---|---|---|"]
+    lines = [] if not report["videos"] else [
+        "| video | decode sampled frames/s | decode x realtime | engine frames/s | end-to-end s | end-to-end frames/s |",
+        "|---|---|---|---|---|---|"]
     for r in report["videos"]:
         lines.append(f"| {r['video']} ({r['duration_s']:.0f} s) | {r['decode']['sampled_frames_per_s']:.1f} | "
                      f"{r['decode']['x_realtime']:.0f} | {r['engine']['frames_per_s']:.3f} | "
