@@ -320,6 +320,31 @@ def test_readers_during_a_write_never_see_a_torn_library(clips, tmp_path):
     assert st["whitening"] is not None and st["index"]["current"]
 
 
+def test_find_uses_the_whitening_its_index_was_built_with(clips, tmp_path, monkeypatch):
+    """A writer may refit whitening.npz between a reader's loading of the index and its search
+    (seen once as a ValueError in the test above): the query must still be whitened as the
+    index was."""
+    from vidsearch.dasr.describe import Whitening
+
+    library = tmp_path / "lib"
+    api.index_videos([str(v) for v in clips["videos"]], str(library), TINY, device="cpu")
+    assert (library / "whitening.npz").exists()
+    before = api.find([str(clips["crop"])], library=str(library), device="cpu", refine=False).to_dict()
+    real_load = Library.load_index
+
+    def load_then_refit(self, save=False):
+        out = real_load(self, save)
+        dim = out[0].d
+        other = Whitening.fit(np.random.default_rng(1).normal(size=(64, dim)), dims=dim // 2, version=99)
+        with open(self.root / "whitening.npz", "wb") as f:
+            np.savez(f, **other.to_arrays())
+        return out
+
+    monkeypatch.setattr(Library, "load_index", load_then_refit)
+    after = api.find([str(clips["crop"])], library=str(library), device="cpu", refine=False).to_dict()
+    assert after["segments"] == before["segments"] and after["query"]["threshold"] == before["query"]["threshold"]
+
+
 def test_paper_preset_without_resnet_weights_says_how_to_get_them(clips, tmp_path, monkeypatch):
     from urllib.error import URLError
 

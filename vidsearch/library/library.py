@@ -56,6 +56,7 @@ class Library:
         self.index_dir = root / "index"
         self._catalog: Catalog | None = None
         self._lock = WriterLock(root)
+        self.index_whitening: Whitening | None | bool = False  # set by load_index (False: none loaded)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -232,7 +233,8 @@ class Library:
         return current, index_file.stat().st_size if index_file.is_file() else 0
 
     def exact_scores(self, ids: np.ndarray, q: np.ndarray) -> np.ndarray:
-        return faiss_index.exact_scores(self.shards, self.whitening(), ids, q)
+        w = self.index_whitening if self.index_whitening is not False else self.whitening()
+        return faiss_index.exact_scores(self.shards, w, ids, q)
 
     def load_index(self, save: bool = False):
         """The FAISS index of every readable video: from the cache when it is current, else
@@ -241,6 +243,9 @@ class Library:
         if not videos:
             return None, videos
         w = self.whitening()
+        # A writer may refit whitening.npz while a reader searches: queries and exact re-scoring
+        # must use the whitening this index was built with, not a later read of the file.
+        self.index_whitening = w
         wanted = faiss_index.manifest_wanted(videos, w)
         index = faiss_index.read_cached(self.index_dir, wanted)
         if index is not None:
