@@ -283,3 +283,12 @@ def test_results_page_of_a_multi_video_result(world, tmp_path):
         browser.screenshot(str(shot))
     img = np.asarray(Image.open(shot).convert("RGB"))
     assert img.shape[0] > 500 and img.std() > 20  # a page was drawn, not a blank
+
+
+def test_demo_runs_its_three_steps(tmp_path):
+    """The README's first command (here with the tiny preset): a sample video, a library, a page."""
+    tiny = Path(__file__).parent / "presets" / "tiny.toml"
+    result = run("demo", "--dir", tmp_path / "demo", "--preset", tiny, "--device", "cpu")
+    assert "3/3" in result.output
+    assert (tmp_path / "demo" / "library" / "catalog.sqlite").exists()
+    assert (tmp_path / "demo" / "page" / "index.html").exists()

@@ -400,7 +400,10 @@ def demo(
     make_sample(video, seconds=10.0, appear=(3.0, 7.0))
     Image.fromarray(object_crop("coffee")).save(crop)
     err.print(f"2/3 vidsearch index {video} --library {workdir / 'library'}")
-    index([video], workdir / "library", preset, None, None, device, 4, "decord", None, 0.0, None, [])
+    reports = _index_with_progress([str(video)], str(workdir / "library"), preset, None, None, device, 4, "decord", None,
+                                   0.0, None, [])
+    if any(r.status == "failed" for r in reports):
+        raise typer.Exit(1)
     err.print(f"3/3 vidsearch find --query {crop} --library {workdir / 'library'} --out {workdir / 'hits'} "
               f"--html {workdir / 'page'}")
     find([crop], [], None, None, workdir / "library", 5, None, False, workdir / "hits", workdir / "page", None, None, True,
