@@ -144,8 +144,8 @@ def _pieces_of(row: dict, per_piece: int) -> Iterator[tuple[list[Frame], str | N
     """Decode one chunk row: (frames, where decoding stopped if it did, whether the timestamps
     were usable, the piece's number within the video, whether it is the video's last piece)."""
     path, long_side = row["path"], int(row["long_side"])
-    info = probe(path)
     if row["pyav"]:  # PyAV picks the samples as it decodes: pieces are cut as they fill
+        info = probe(path)
         sampler = Sampler(fps=float(row["fps"]) or None, every_n=int(row["every_n"]) or None)
         source = open_source(path, "pyav", long_side, info=info)
         piece: list[Frame] = []
@@ -157,7 +157,7 @@ def _pieces_of(row: dict, per_piece: int) -> Iterator[tuple[list[Frame], str | N
                 piece, number = [], number + 1
         yield piece, source.stopped_at, info.has_pts, number, True
         return
-    w, h = scaled_size(info.width, info.height, long_side)
+    w, h = scaled_size(int(row["width"]), int(row["height"]), long_side)  # the driver probed the file
     frames, times = [int(i) for i in row["frames"]], [float(t) for t in row["times"]]
     got: list[Frame] = []
     stopped = None
