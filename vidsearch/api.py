@@ -401,7 +401,7 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
         views = [query_views(engine, q.image, q.box, sizes) for q in queries]
         # view 0 of all queries fused (several views of one object), plus each query's scale views
         raw = np.stack([fuse([v[0] for v in views])] + [x for v in views for x in v[1:]])
-        w = lib.index_whitening if index is not None else None  # the one the index was built with
+        w = lib.index_whitening  # the one the index was built with, not a later read of the file
         result = search(lib, index, w.apply(raw) if w is not None else raw, top=top, min_score=min_score)
         notes = [m for q in queries for m in q.warnings] + ([result.note] if result.note else [])
         if snap == "shots" and result.segments:

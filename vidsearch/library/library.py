@@ -56,7 +56,7 @@ class Library:
         self.index_dir = root / "index"
         self._catalog: Catalog | None = None
         self._lock = WriterLock(root)
-        self.index_whitening: Whitening | None | bool = False  # set by load_index (False: none loaded)
+        self.index_whitening: Whitening | None = None  # what the index load_index returned was built with
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -233,8 +233,8 @@ class Library:
         return current, index_file.stat().st_size if index_file.is_file() else 0
 
     def exact_scores(self, ids: np.ndarray, q: np.ndarray) -> np.ndarray:
-        w = self.index_whitening if self.index_whitening is not False else self.whitening()
-        return faiss_index.exact_scores(self.shards, w, ids, q)
+        """Exact scores of indexed regions, whitened as the loaded index is (call load_index first)."""
+        return faiss_index.exact_scores(self.shards, self.index_whitening, ids, q)
 
     def load_index(self, save: bool = False):
         """The FAISS index of every readable video: from the cache when it is current, else
