@@ -9,6 +9,10 @@ for every region of the reference variant, the best IoU among the variant's regi
 frame, averaged (1.0 = every reference box is reproduced). Frames are spread evenly over the
 sequences of an Instance-style data set (<seq>/img/*.jpg). --append-results adds the table to
 bench/RESULTS.md with the command, date, device and commit.
+
+Against an older checkout (what a change did to speed and boxes): run this script with the old
+code first, `PYTHONPATH=/path/to/old python bench/dasr_variants.py ... --boxes-out old.npz`,
+then with today's and `--boxes-ref old.npz` (box_iou_vs_ref; the same --frames).
 """
 
 from __future__ import annotations
@@ -54,6 +58,11 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return tv_iou(torch.from_numpy(a).float(), torch.from_numpy(b).float()).numpy()
 
 
+def agreement(ref: np.ndarray, mine: np.ndarray) -> np.ndarray:
+    """Per reference box, the best IoU among `mine` (0 where there are none)."""
+    return box_iou(ref, mine).max(1) if len(mine) else np.zeros(len(ref))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("data")
@@ -61,6 +70,8 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--variant", action="append", default=[])
     ap.add_argument("--append-results", action="store_true")
+    ap.add_argument("--boxes-out", help="save the first variant's boxes here (.npz), e.g. from an older checkout")
+    ap.add_argument("--boxes-ref", help="boxes saved by --boxes-out: every variant's agreement with them")
     args = ap.parse_args()
     variants = args.variant or ["default", "default:prefilter=stride8", "default:prefilter=stride16"]
     frames = pick_frames(args.data, args.frames)
@@ -80,6 +91,14 @@ def main() -> None:
                 torch.cuda.synchronize()
             seconds[v] += time.perf_counter() - t0
             boxes[v].append(r.boxes)
+    if args.boxes_out:
+        np.savez(args.boxes_out, *boxes[0])
+    ref_boxes = None
+    if args.boxes_ref:
+        with np.load(args.boxes_ref) as saved:
+            ref_boxes = [saved[f"arr_{i}"] for i in range(len(saved.files))]
+        if len(ref_boxes) != len(frames):
+            sys.exit(f"--boxes-ref holds {len(ref_boxes)} frames, this run has {len(frames)}: use the same --frames")
     rows = []
     for v, (text, engine) in enumerate(zip(variants, engines)):
         row = {"variant": text, "s_per_frame": seconds[v] / len(frames),
@@ -87,15 +106,17 @@ def main() -> None:
         for stage, sec in engine.timings.items():
             row[f"{stage}_s"] = sec / len(frames)
         if v:
-            best = [box_iou(ref, mine).max(1) if len(mine) else np.zeros(len(ref))
-                    for ref, mine in zip(boxes[0], boxes[v]) if len(ref)]
+            best = [agreement(ref, mine) for ref, mine in zip(boxes[0], boxes[v]) if len(ref)]
             row["box_iou_vs_first"] = float(np.mean(np.concatenate(best)))
+        if ref_boxes is not None:
+            row["box_iou_vs_ref"] = float(np.mean(np.concatenate([agreement(ref, mine) for ref, mine in zip(ref_boxes, boxes[v]) if len(ref)])))
         rows.append(row)
         print(row, file=sys.stderr)
     base = rows[0]["s_per_frame"]
     for row in rows:
         row["speedup"] = base / row["s_per_frame"]
-    cols = ["s_per_frame", "speedup", "regions_per_frame", "box_iou_vs_first", "forward_s", "prefilter_s", "backprop_s"]
+    cols = ["s_per_frame", "speedup", "regions_per_frame", "box_iou_vs_first"] + (["box_iou_vs_ref"] if ref_boxes else []) \
+        + ["forward_s", "prefilter_s", "backprop_s"]
     lines = ["| variant | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for row in rows:
         lines.append(f"| {row['variant']} | " + " | ".join(f"{row[c]:.3f}" if c in row else "-" for c in cols) + " |")

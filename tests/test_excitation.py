@@ -113,11 +113,14 @@ RULES = [("resnet50", r, m) for r in ("merged", "split", "copy") for m in ("sum"
 ]
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("name,residual,maxpool", RULES)
-def test_batched_engine_equals_per_peak_reference(name, residual, maxpool, device):
+def test_batched_engine_equals_per_peak_reference(name, residual, maxpool, channels_last, device):
     graph, x = _random_case(name, (64, 96))
-    rules = Rules(residual=residual, maxpool=maxpool)
+    rules = Rules(residual=residual, maxpool=maxpool, channels_last=channels_last)
     tape = Tape(graph.to(device), x.to(device), rules)
+    if name == "efficientnet_lite0":  # the fused conv -> act -> conv steps are what is compared
+        assert len(tape.fused) >= 10
     peak = tape.values[graph.peak][0]
     pos, _ = find_peaks(peak.mean(0), "above_mean")
     seeds = make_seeds(peak, pos[:4], "activations")
@@ -214,12 +217,13 @@ def test_peak_chunks_and_frame_batches_do_not_change_the_regions(lite0, device):
     assert np.allclose(np.concatenate([s.boxes for s in single]), whole.boxes, atol=1e-2)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("residual", ["merged", "copy"])
-def test_window_covering_the_frame_equals_the_full_pass(residual, device):
+def test_window_covering_the_frame_equals_the_full_pass(residual, channels_last, device):
     from vidsearch.dasr.excitation import Window
 
     graph, x = _random_case("efficientnet_lite0", (64, 96))
-    tape = Tape(graph.to(device), x.to(device), Rules(residual=residual))
+    tape = Tape(graph.to(device), x.to(device), Rules(residual=residual, channels_last=channels_last))
     peak = tape.values[graph.peak][0]
     pos, _ = find_peaks(peak.mean(0), "above_mean")
     seeds = make_seeds(peak, pos, "activations")
@@ -256,3 +260,21 @@ def test_windows_hold_each_peak_and_keep_its_box(lite0, device):
     assert Tape(graph, x[..., :250, :384], Rules()).window(pos, 2) is None
     assert tape.window(pos, 6) is None
     graph.to("cpu")
+
+
+def test_fused_steps_and_layouts_give_the_plain_steps_maps(lite0, device):
+    """Real weights on a real photo: the fused conv -> act -> conv steps in channels_last give
+    the maps of the plain step-by-step pass in NCHW (the fusion switched off by hand)."""
+    graph = build_graph(lite0.model, lite0.peak_layer, lite0.feature_layer).to(device)
+    x = lite0.normalize(photo_batch("coffee", 128)).to(device)
+    plain = Tape(graph, x, Rules())
+    plain.fused.clear()
+    fast = Tape(graph, x, Rules(channels_last=True))
+    assert fast.fused
+    peak = plain.values[graph.peak][0]
+    pos, _ = find_peaks(peak.mean(0), "above_mean")
+    seeds = make_seeds(peak, pos, "activations")
+    a, b = plain.backprop(0, seeds), fast.backprop(0, seeds)
+    scale = a.flatten(1).amax(1).view(-1, 1, 1)
+    assert torch.allclose(b / scale, a / scale, atol=1e-5)
+    assert torch.allclose(maps_to_boxes(a), maps_to_boxes(b), atol=1.0)

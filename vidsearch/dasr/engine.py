@@ -12,11 +12,15 @@ import torch.nn.functional as F
 
 from ..backbones import Backbone, load_backbone
 from ..config import Preset
+from .cpu_memory import keep_freed_memory
 from .describe import l2n, pool_boxes
 from .excitation import Rules, Tape
 from .graph import Graph, build_graph
 from .regions import find_peaks, make_seeds, maps_to_boxes, nms
 from .views import KIND_FRAME, frame_views, merge_views
+
+
+CPU_PEAK_CHUNK, GPU_PEAK_CHUNK = 16, 64  # peaks per back-propagation batch (Preset.peak_chunk = 0)
 
 
 @dataclass
@@ -86,7 +90,11 @@ class Engine:
             preset.peak_layer or self.backbone.peak_layer,
             preset.feature_layer or self.backbone.feature_layer,
         ).to(self.device)
-        self.rules = Rules(preset.residual, preset.maxpool, preset.stop, preset.dtype)
+        on_cpu = self.device.type == "cpu"
+        self.rules = Rules(preset.residual, preset.maxpool, preset.stop, preset.dtype, channels_last=on_cpu)
+        self.peak_chunk = preset.peak_chunk or (CPU_PEAK_CHUNK if on_cpu else GPU_PEAK_CHUNK)
+        if on_cpu:
+            keep_freed_memory()
         self.timings: dict[str, float] = defaultdict(float)
         self.dim = int(self.feature_dim())
 
@@ -170,8 +178,8 @@ class Engine:
             if p.prefilter != "none" and p.nms_iou is not None and pos.shape[0] > 1:
                 keep = self._prefilter(tape, b, peak_map[b], pos, scores, mass)
                 pos, scores = pos[keep], scores[keep]
-            for c in range(0, pos.shape[0], p.peak_chunk):
-                chunk = pos[c : c + p.peak_chunk]
+            for c in range(0, pos.shape[0], self.peak_chunk):
+                chunk = pos[c : c + self.peak_chunk]
                 seeds = make_seeds(peak_map[b], chunk, p.seed, mass)
                 t0 = time.perf_counter()
                 maps = tape.backprop(b, seeds, window=tape.window(chunk, p.window))
@@ -218,9 +226,9 @@ class Engine:
         p = self.preset
         t0 = time.perf_counter()
         boxes = []
-        for c in range(0, pos.shape[0], p.peak_chunk):
-            seeds = make_seeds(peak_map, pos[c : c + p.peak_chunk], p.seed, mass)
-            maps = tape.backprop(b, seeds, stop=p.prefilter, window=tape.window(pos[c : c + p.peak_chunk], p.window))
+        for c in range(0, pos.shape[0], self.peak_chunk):
+            seeds = make_seeds(peak_map, pos[c : c + self.peak_chunk], p.seed, mass)
+            maps = tape.backprop(b, seeds, stop=p.prefilter, window=tape.window(pos[c : c + self.peak_chunk], p.window))
             boxes.append(maps_to_boxes(maps, p.threshold, p.tau, p.percentile))
         boxes = torch.cat(boxes)
         keep = nms(boxes, scores.float(), torch.zeros_like(scores, dtype=torch.int64), p.nms_iou)

@@ -33,6 +33,10 @@ class Rules:
     maxpool: str = "sum"  # sum | argmax
     stop: str = "input"  # input | stride4 | stride8
     dtype: str = "fp32"
+    # Layout of the tape and of the K-peak batches. On a CPU channels_last is about twice as
+    # fast end to end (oneDNN's depthwise transposed convolutions need it; mixed layouts cost
+    # strided copies): bench/dasr_variants.py. NCHW stays where it was not measured (CUDA).
+    channels_last: bool = False
 
 
 def shift_nonneg(x: torch.Tensor) -> torch.Tensor:
@@ -64,8 +68,9 @@ def _linear_plus(op: Op, a: torch.Tensor, wplus: torch.Tensor) -> torch.Tensor:
     return F.conv2d(a, wplus, None, op.stride, op.padding, op.dilation, groups=a.shape[1])
 
 
-def _linear_plus_adjoint(op: Op, r: torch.Tensor, wplus: torch.Tensor, in_shape: torch.Size) -> torch.Tensor:
-    """f⁺ᵀ(R) by a transposed convolution, cropped / padded to the input's size."""
+def _linear_plus_adjoint(op: Op, r: torch.Tensor, wplus: torch.Tensor, in_shape: torch.Size,
+                         fmt: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
+    """f⁺ᵀ(R) by a transposed convolution, cropped / padded to the input's size, dense in `fmt`."""
     groups = op.groups if op.kind == "conv" else in_shape[1]
     h, w = in_shape[-2:]
     if op.padding == "same":
@@ -81,7 +86,9 @@ def _linear_plus_adjoint(op: Op, r: torch.Tensor, wplus: torch.Tensor, in_shape:
     base_w = (r.shape[-1] - 1) * op.stride[1] - 2 * pad[1] + op.dilation[1] * (kw - 1) + 1
     out = F.conv_transpose2d(r, wplus, None, op.stride, pad, (ph - base_h, pw - base_w), groups, op.dilation)
     if op.padding == "same":
-        out = out[..., top : top + h, left : left + w]
+        # the crop is a strided view; made dense again in the batch's layout, since every later
+        # op on a view of mixed layout takes a slow path
+        out = out[..., top : top + h, left : left + w].contiguous(memory_format=fmt)
     return out
 
 
@@ -126,6 +133,7 @@ class Tape:
         self.graph, self.rules = graph, rules
         dt = DTYPES[rules.dtype]
         self.dtype = dt
+        self.fmt = torch.channels_last if rules.channels_last else torch.contiguous_format
         ops = graph.ops
         self.values: list[torch.Tensor] = [x]
         self.wplus: dict[int, torch.Tensor] = {}
@@ -171,6 +179,30 @@ class Tape:
                             self.a[(i, j)] = (v if ops[j].nonneg else shift_nonneg(v)).to(dt)
                             total = total + self.a[(i, j)]
                     self.zinv[("add", i)] = _safe_inverse(total)
+            self._fuse_chains()
+            for d in (self.a, self.zinv, self.coef):
+                for k in d:
+                    d[k] = d[k].contiguous(memory_format=self.fmt)
+
+    def _fuse_chains(self) -> None:
+        """Where linear op u reads (through an activation or directly) the output of linear op
+        i and nothing else reads it, u's MWP step `P = a_u ⊙ f_u⁺ᵀ(r_u)` and i's `r_i = P / Z_i`
+        become one: `r_i = (a_u / Z_i) ⊙ f_u⁺ᵀ(r_u)`, the coefficient computed here once per
+        frame. Exact; it saves one pass over the K-peak batch per such pair (on a CPU those
+        passes, not the convolutions, are much of the cost). Not in fp16, where a / Z alone
+        can overflow although the product with P would not."""
+        ops = self.graph.ops
+        self.coef: dict[int, torch.Tensor] = {}
+        self.fused: dict[int, int] = {}  # u -> i: u hands its result to i as i's ratio
+        if self.dtype == torch.float16:
+            return
+        for u in self.wplus:
+            j = ops[u].inputs[0]
+            i = ops[j].inputs[0] if ops[j].kind == "act" and ops[j].users == [u] else j
+            if (i in self.wplus and i not in self.absorbed and i in self.zinv
+                    and ops[i].users == [j if i != j else u]):
+                self.coef[u] = self.a[u] * self.zinv[i]
+                self.fused[u] = i
 
     def _ancestors(self, start: int) -> set[int]:
         seen, todo = set(), [start]
@@ -228,14 +260,15 @@ class Tape:
         if window is None:
             f = slice(frame, frame + 1)
             local = lambda t: t[f]  # noqa: E731  (the frame's tape, broadcast over the K peaks)
-            p0 = seeds
+            p0 = seeds.contiguous(memory_format=self.fmt)
         else:
             if self.rules.maxpool == "argmax" or self.rules.residual == "split":
                 raise ValueError("windowed back-propagation supports the sum max-pool and merged/copy residual rules")
-            local = lambda t: window.crop(t[frame])  # noqa: E731  (the frame's tape in each peak's window)
-            p0 = window.crop_each(seeds)
+            # the frame's tape in each peak's window
+            local = lambda t: window.crop(t[frame]).contiguous(memory_format=self.fmt)  # noqa: E731
+            p0 = window.crop_each(seeds).contiguous(memory_format=self.fmt)
         prob: dict[int, torch.Tensor] = {graph.peak: p0.to(self.dtype)}
-        ratio: dict[int, torch.Tensor] = {}  # pre-normalised P/Z handed to absorbed convs
+        ratio: dict[int, torch.Tensor] = {}  # P/Z handed straight to a conv (absorbed or fused)
 
         def give(j: int, p: torch.Tensor) -> None:
             prob[j] = prob[j] + p if j in prob else p
@@ -251,8 +284,13 @@ class Tape:
             elif i in self.wplus:
                 if r is None:
                     r = p * local(self.zinv[i])
-                a = local(self.a[i])
-                give(op.inputs[0], _linear_plus_adjoint(op, r, self.wplus[i], a.shape).mul_(a))
+                target = self.fused.get(i, -1)
+                if target > stop:  # straight to op `target`'s ratio (_fuse_chains)
+                    c = local(self.coef[i])
+                    ratio[target] = _linear_plus_adjoint(op, r, self.wplus[i], c.shape, self.fmt).mul_(c)
+                else:
+                    a = local(self.a[i])
+                    give(op.inputs[0], _linear_plus_adjoint(op, r, self.wplus[i], a.shape, self.fmt).mul_(a))
             elif op.kind == "maxpool":  # argmax rule
                 src = self.values[op.inputs[0]]
                 idx = local(self.argmax[i]).flatten(2).expand(p.shape[0], -1, -1)
