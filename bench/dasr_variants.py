@@ -7,7 +7,8 @@ each variant's boxes agree with the first variant's (today's default).
 A variant is a preset name (or .toml) with optional `:KEY=VALUE` overrides. Box agreement is,
 for every region of the reference variant, the best IoU among the variant's regions on the same
 frame, averaged (1.0 = every reference box is reproduced). Frames are spread evenly over the
-sequences of an Instance-style data set (<seq>/img/*.jpg). --append-results adds the table to
+sequences of an Instance-style data set (<seq>/img/*.jpg); DATA `skimage` takes real photos
+shipped with scikit-image instead. --append-results adds the table to
 bench/RESULTS.md with the command, date, device and commit.
 
 Against an older checkout (what a change did to speed and boxes): run this script with the old
@@ -42,7 +43,14 @@ def variant_preset(text: str):
     return with_overrides(load_preset(name), overrides)
 
 
+SKIMAGE = ("rocket", "coffee", "astronaut", "chelsea", "immunohistochemistry", "hubble_deep_field", "motorcycle_left")
+
+
 def pick_frames(data: str, n: int) -> list[np.ndarray]:
+    if data == "skimage":  # real photos that ship with scikit-image (where no data set is at hand)
+        from vidsearch.sample import skimage_photo
+
+        return [skimage_photo(SKIMAGE[i % len(SKIMAGE)]) for i in range(n)]
     seqs = load_sequences(data)
     per = max(1, -(-n // len(seqs)))
     out = []

@@ -105,6 +105,12 @@ VIDSEARCH_TEST_DEVICE=$DEV step tests 150 python3 -m pytest -q -p no:cacheprovid
 # 2. The engine alone at 512 px: DASR and DASR*, fp32 / bf16, against the per-peak loop.
 step engine 120 python3 bench/engine_speed.py --device $DEV --frames $FRAMES --repeats $REPEATS --loop-frames 2 \
     --json "$OUT/engine.json"
+# 2b. DASR* variants against the default on the same photos (issue 12, part 1): speed and box
+#     agreement of spatial windows, the stride-16 prefilter and DASR peaks on the GPU.
+V=default:tiles=1:whole_frame=false
+step variants 120 python3 bench/dasr_variants.py skimage --frames $FRAMES --device $DEV --variant $V \
+    --variant $V:window=3 --variant $V:window=2 --variant $V:prefilter=stride16 --variant $V:prefilter=stride16:window=3 \
+    --variant dasr:tiles=1:whole_frame=false
 # 3. The pipeline on generated 1080p video (1 and 2 minutes: linear growth), end to end, and search.
 step pipeline 200 python3 bench/pipeline.py --device $DEV --preset $PRESET --minutes $MINUTES --engine-frames $FRAMES --batch 16 \
     --end-to-end --search-sizes $SEARCH --json "$OUT/pipeline.json"
@@ -153,7 +159,7 @@ for p in sorted(out.glob("small-*.json")):
     result.setdefault("small", {})[p.stem] = json.loads(p.read_text())
 for p in sorted(out.glob("more/small-*.json")):
     result.setdefault("small-more", {})[p.stem] = json.loads(p.read_text())
-for name in ("tests", "engine", "pipeline", "small", "small-more"):
+for name in ("tests", "engine", "variants", "pipeline", "small", "small-more"):
     log = out / f"{name}.log"
     if log.exists():
         tail = [l for l in log.read_text().splitlines() if l.startswith("|") or " passed" in l or " failed" in l]

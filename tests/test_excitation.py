@@ -278,3 +278,13 @@ def test_fused_steps_and_layouts_give_the_plain_steps_maps(lite0, device):
     scale = a.flatten(1).amax(1).view(-1, 1, 1)
     assert torch.allclose(b / scale, a / scale, atol=1e-5)
     assert torch.allclose(maps_to_boxes(a), maps_to_boxes(b), atol=1.0)
+
+
+def test_cpu_engines_keep_freed_memory_on_glibc():
+    import platform
+
+    from vidsearch.dasr.cpu_memory import keep_freed_memory
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert keep_freed_memory() and keep_freed_memory()  # set once, then a no-op that says so
