@@ -29,8 +29,10 @@ CHOICES = {
 
 # Fields that only choose the FAISS index a library builds: they change no region.
 INDEX_FIELDS = {"index_type", "ivf_min_regions", "pq_min_regions", "pq_bytes", "nprobe"}
+# Fields that change neither a region nor its vector, only how fast they are made.
+SPEED_FIELDS = {"peak_chunk"}
 # Fields that do not change what a stored vector means (speed knobs, sampling, the index).
-_NOT_FINGERPRINTED = {"name", "sample_fps", "dtype", "prefilter", "peak_chunk", "description"} | INDEX_FIELDS
+_NOT_FINGERPRINTED = {"name", "sample_fps", "dtype", "prefilter", "description"} | INDEX_FIELDS | SPEED_FIELDS
 
 
 @dataclass(frozen=True)

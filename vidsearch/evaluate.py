@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import INDEX_FIELDS, Preset, load_preset, with_overrides
+from .config import INDEX_FIELDS, SPEED_FIELDS, Preset, load_preset, with_overrides
 from .dasr.describe import Whitening, l2n
 from .errors import InputError
 
@@ -341,9 +341,10 @@ def run_region_method(spec: MethodSpec, base: Preset, seqs, proto, device: str, 
     from .dasr.query import query_views
 
     preset = spec.preset(base)
-    # what decides the regions; index settings (used by libraries, not here) are left out
+    # what decides the regions; index settings (used by libraries, not here) and speed knobs
+    # that leave the regions as they are are left out
     key = json.dumps({k: v for k, v in preset.replace(pooling="avg", name="", description="").to_dict().items()
-                      if k not in INDEX_FIELDS}, sort_keys=True)
+                      if k not in INDEX_FIELDS | SPEED_FIELDS}, sort_keys=True)
     disk = _disk_cache(cache, key, seqs, proto)
     if key not in cache and disk is not None and disk.is_file():
         with np.load(disk) as z:
