@@ -80,6 +80,8 @@ def main() -> None:
     ap.add_argument("--append-results", action="store_true")
     ap.add_argument("--boxes-out", help="save the first variant's boxes here (.npz), e.g. from an older checkout")
     ap.add_argument("--boxes-ref", help="boxes saved by --boxes-out: every variant's agreement with them")
+    ap.add_argument("--views", action="store_true",
+                    help="extract as index does (every tile level, the whole-frame region), not one view")
     args = ap.parse_args()
     variants = args.variant or ["default", "default:prefilter=stride8", "default:prefilter=stride16"]
     frames = pick_frames(args.data, args.frames)
@@ -94,7 +96,7 @@ def main() -> None:
     for img in frames:
         for v, engine in enumerate(engines):
             t0 = time.perf_counter()
-            r = engine.extract(img[None])
+            r = engine.extract_views(img[None]) if args.views else engine.extract(img[None])
             if engine.device.type == "cuda":
                 torch.cuda.synchronize()
             seconds[v] += time.perf_counter() - t0

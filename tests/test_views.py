@@ -95,6 +95,21 @@ def test_one_whole_frame_region_per_frame_first(engine):
     assert np.allclose(np.linalg.norm(r.vectors, axis=1), 1, atol=1e-4)
 
 
+def test_small_preset_sees_full_hd_at_its_own_resolution_and_smaller_frames_as_default():
+    from vidsearch.config import load_preset
+
+    small, default = load_preset("small"), load_preset("default")
+    assert small.fingerprint() != default.fingerprint()  # its libraries are its own
+    assert usable_levels(1920, 1080, small) == [1, 3, 5]
+    assert level_scales(1920, 1080, small)[5] == pytest.approx(2048 / 1920)  # a 40-px prop is 43 px
+    assert len(frame_views(1920, 1080, small)) == 1 + 9 + 25
+    assert decode_long_side(1920, 1080, small) == 1920  # never decoded above the source
+    for size in ((1280, 720), (854, 480), (1800, 1012)):  # level 5 would enlarge these by > 10 %
+        assert usable_levels(*size, small) == usable_levels(*size, default)
+    # a 40-px crop cut from 1080p: also described at 43 px, the size it has in level-5 tiles
+    assert crop_sizes((40, 30), [(1920, 1080)], small)[-1] == pytest.approx(40 * 2048 / 1920)
+
+
 def test_crop_views_at_the_sizes_the_crop_has_in_the_library():
     # a 60-px crop from 1080p footage: 16 px at level 1, 28 px at level 2
     assert crop_sizes((60, 40), [(1920, 1080)], TILED) == pytest.approx([60 * 512 / 1920, 60 * 896 / 1920])
