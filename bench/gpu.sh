@@ -119,11 +119,15 @@ step pipeline 200 python3 bench/pipeline.py --device $DEV --preset $PRESET --min
 step small 120 python3 bench/small_objects.py --out "/tmp/smallset-$DEV" --size $SMALL_SIZE --sizes $SIZES --frames 5 --device $DEV \
     --method 'dasr*:tiles=1:whole_frame=false' --method 'dasr*' --method 'dasr*:refine' --protocols cross-scene/crop \
     --no-results --json-dir "$OUT"
-# 5. What the CPU could not afford (issue 14): 5x5 tiles at about native resolution for 30-60 px
-#    objects (max_upscale 1.1 lets 1080p frames use them), and the Lite2 backbone with default views.
+# 5. Issue 14 on the GPU: 5x5 tiles at about native resolution for 30-60 px objects (the `small`
+#    preset; max_upscale 1.1 lets 1080p frames use them), and the Lite2 backbone with default views.
 step small-more 200 python3 bench/small_objects.py --out "/tmp/smallset-$DEV" --size $SMALL_SIZE --sizes $SIZES --frames 5 \
     --device $DEV --method 'dasr*' --method 'dasr*:tiles=1,3,5:max_upscale=1.1' --method 'dasr*:backbone=efficientnet_lite2' \
     --protocols cross-scene/crop,cross-scene/frame --no-results --json-dir "$OUT/more"
+# 6. Side by side, extraction as index does it on 1080p frames of that set: the default's views,
+#    the `small` preset (+ 5x5 tiles; 3.6x the default's time on the CPU) and Lite2.
+step views-cost 90 python3 bench/dasr_variants.py "/tmp/smallset-$DEV" --frames 4 --device $DEV --views \
+    --variant default --variant small --variant lite2
 kill $SMI 2>/dev/null
 
 python3 - "$OUT" <<'EOF'
@@ -159,7 +163,7 @@ for p in sorted(out.glob("small-*.json")):
     result.setdefault("small", {})[p.stem] = json.loads(p.read_text())
 for p in sorted(out.glob("more/small-*.json")):
     result.setdefault("small-more", {})[p.stem] = json.loads(p.read_text())
-for name in ("tests", "engine", "variants", "pipeline", "small", "small-more"):
+for name in ("tests", "engine", "variants", "pipeline", "small", "small-more", "views-cost"):
     log = out / f"{name}.log"
     if log.exists():
         tail = [l for l in log.read_text().splitlines() if l.startswith("|") or " passed" in l or " failed" in l]
