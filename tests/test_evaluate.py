@@ -105,7 +105,6 @@ def test_evaluate_end_to_end_on_tiny_data(tiny_data):
     assert r["methods"]["mac"]["miou"] < r["methods"]["dasr"]["miou"]  # whole-frame boxes localise worse
 
 
-
 def test_cached_regions_are_reused_across_speed_knobs_only(tiny_data, tmp_path):
     """--cache keys the reference regions by what decides them: a speed knob (peaks per batch)
     reuses the file, a setting that changes regions (tau) makes its own."""
@@ -120,6 +119,7 @@ def test_cached_regions_are_reused_across_speed_knobs_only(tiny_data, tmp_path):
     assert again["methods"]["dasr:nowhiten:peak_chunk=1"]["per_query"] == first["methods"]["dasr:nowhiten"]["per_query"]
     evaluate(tiny_data, ["dasr:nowhiten:tau=0.3"], str(preset), "cpu", stride=4, cache_dir=cache)
     assert len(list(cache.iterdir())) == 2
+
 
 def _seq(name, instance, boxes, size=(100, 100)):
     from pathlib import Path
