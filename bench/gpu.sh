@@ -107,7 +107,7 @@ step engine 120 python3 bench/engine_speed.py --device $DEV --frames $FRAMES --r
     --json "$OUT/engine.json"
 # 2b. DASR* variants against the default on the same photos (issue 12, part 1): speed and box
 #     agreement of spatial windows, the stride-16 prefilter and DASR peaks on the GPU.
-V=default:tiles=1:whole_frame=false
+V=default:tiles=1:whole_frame=false:window=0  # the exact pass, against which windows are judged
 step variants 120 python3 bench/dasr_variants.py skimage --frames $FRAMES --device $DEV --variant $V \
     --variant $V:window=3 --variant $V:window=2 --variant $V:prefilter=stride16 --variant $V:prefilter=stride16:window=3 \
     --variant dasr:tiles=1:whole_frame=false
