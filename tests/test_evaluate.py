@@ -7,8 +7,10 @@ import pytest
 from PIL import Image
 
 from vidsearch.errors import InputError
+from vidsearch.config import load_preset
 from vidsearch.evaluate import (MethodSpec, average_precision, evaluate, global_descriptors, iou, load_sequences,
-                                make_protocol, rmac_regions)
+                                make_protocol, metrics, rmac_regions, run_region_method)
+from vidsearch.refine import RERANK_DEPTH, RERANKED
 
 
 def test_average_precision_by_hand():
@@ -53,6 +55,10 @@ def test_method_names():
     assert spec.official and spec.feature_layer == "_blocks.14" and spec.base == "dasr-m*"
     with pytest.raises(InputError):
         MethodSpec.parse("sift")
+    assert MethodSpec.parse("dasr*:rerank").rerank == RERANK_DEPTH and MethodSpec.parse("dasr*:rerank=7").rerank == 7
+    for bad in ("dasr*:rerank=0", "dasr*:rerank=x"):
+        with pytest.raises(InputError, match="rerank"):
+            MethodSpec.parse(bad)
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +109,29 @@ def test_evaluate_end_to_end_on_tiny_data(tiny_data):
     # (without whitening: learned from ~40 regions it is noise, measured 0.84 vs 1.0).
     assert r["methods"]["dasr:nowhiten"]["map@all"] > 0.9
     assert r["methods"]["mac"]["miou"] < r["methods"]["dasr"]["miou"]  # whole-frame boxes localise worse
+
+
+def test_rerank_orders_each_querys_top_by_the_match(tiny_data):
+    """:rerank=N re-orders each query's top N references by the query-guided match, moves their
+    boxes to the matched ones, and leaves the others below them in their order."""
+    preset = tiny_data / "tiny_rr.toml"
+    preset.write_text('backbone = "efficientnet_lite0"\nlong_side = 224\nwhiten = false\n')
+    seqs = load_sequences(tiny_data)
+    proto = make_protocol(seqs, 2)
+    cache: dict = {}
+    plain = run_region_method(MethodSpec.parse("dasr"), load_preset(str(preset)), seqs, proto, "cpu", 4, cache)
+    ranked = run_region_method(MethodSpec.parse("dasr:rerank=3"), load_preset(str(preset)), seqs, proto, "cpu", 4, cache)
+    assert ranked.rerank_ms > 0
+    for q in range(len(proto.queries)):
+        top = set(np.argsort(-plain.scores[q], kind="stable")[:3].tolist())
+        moved = np.nonzero(ranked.scores[q] > 1)[0]  # re-ranked scores sit above every cosine
+        assert set(moved.tolist()) == top
+        assert np.all(ranked.scores[q, moved] - RERANKED <= 1.0 + 1e-6)
+        rest = [r for r in range(len(proto.references)) if r not in top]
+        assert np.array_equal(ranked.scores[q, rest], plain.scores[q, rest])
+        assert any(not np.allclose(ranked.boxes[q, r], plain.boxes[q, r]) for r in top)
+    # real weights on real photos: each object's own frames still come first
+    assert metrics(ranked, seqs, proto)["map@all"] > 0.9
 
 
 def test_cached_regions_are_reused_across_speed_knobs_only(tiny_data, tmp_path):

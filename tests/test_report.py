@@ -74,7 +74,7 @@ def result_for(video: Path, truth, fps: str = "24") -> dict:
 def test_page_has_a_card_per_segment_with_boxes_drawn(clip, tmp_path):
     root, video, truth = clip
     data = result_for(video, truth)
-    data["segments"].append({**data["segments"][0], "video": str(root / "gone.mkv")})  # missing, not playable
+    data["segments"].append({**data["segments"][0], "video": str(root / "gone.mkv"), "match": 0.731})  # missing, not playable; re-ranked
     page = write_report(data, tmp_path / "page", thumbs=3)
     text = page.read_text()
     parser = Cards()
@@ -96,6 +96,7 @@ def test_page_has_a_card_per_segment_with_boxes_drawn(clip, tmp_path):
         assert thumb.shape[1] == 220 and on_box_edges(thumb, boxes[t], 220 / 320) > 0.8
     assert second["imgs"] == [] and second["data-playable"] == "0"
     assert "cannot be read any more" in text
+    assert text.count("match 0.731") == 1 and text.count(" · match ") == 1  # only the re-ranked one says its match
 
 
 def test_page_replaces_its_own_old_pictures_only(clip, tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vidsearch.library import VideoRow, region_ids
-from vidsearch.search import Hit, group_segments, retrieve
+from vidsearch.search import Hit, Segment, group_segments, retrieve
 
 
 def flat_index(vectors, video=1):
@@ -112,3 +112,43 @@ def test_library_switches_to_ivf_then_ivfpq_by_size_and_search_stays_exact(tmp_p
         best = result.segments[0]
         assert best.video.id == vid and best.best.frame == (row // 20) * 24
         assert best.score == pytest.approx(1.0, abs=1e-3)
+
+
+def test_rerank_orders_the_checked_segments_by_match_above_the_rest(monkeypatch):
+    """The first `depth` segments are ordered by their best hit's match, above the others; one
+    whose video cannot be decoded stays after the matched ones, unmatched, and is named."""
+    from vidsearch import api
+    from vidsearch.refine import Refined
+
+    def video(i: int, path: str) -> VideoRow:
+        return VideoRow(i, path, "k", 1, 0.0, 640, 360, "24", 20.0, 480, "h264", 0, True, None, 20, 0, "", "done", None)
+
+    segs = [Segment(video(i, f"/v{i}.mp4"), i, i + 1, [Hit(float(i), 24 * i, [0, 0, 10, 10], score)])
+            for i, score in enumerate((0.9, 0.8, 0.7, 0.6))]
+    matches = {"/v0.mp4": 0.2, "/v1.mp4": 0.7, "/v3.mp4": 0.99}  # /v2.mp4 cannot be decoded
+
+    class FakeMatcher:
+        def __init__(self, engine, queries):
+            self.failed = set()
+
+        def match(self, seg, hit):
+            if seg.video.path not in matches:
+                self.failed.add(seg.video.path)
+                return None
+            return Refined((1.0, 2.0, 3.0, 4.0), matches[seg.video.path], 1.0)
+
+        notes = api._Matcher.notes
+
+    monkeypatch.setattr(api, "_Matcher", FakeMatcher)
+    calls = []
+    ordered, notes = api.rerank_segments(None, [], segs, 3, refine=True,
+                                         progress=lambda what, n: calls.append((what, n)) or (lambda k: None))
+    assert [s.video.path for s in ordered] == ["/v1.mp4", "/v0.mp4", "/v2.mp4", "/v3.mp4"]
+    assert [s.match for s in ordered] == [0.7, 0.2, None, None]  # the 4th was not checked
+    assert ordered[0].best.box == [1.0, 2.0, 3.0, 4.0] and ordered[0].best.refined
+    assert ordered[2].best.box == [0, 0, 10, 10] and not ordered[2].best.refined
+    assert ordered[0].best.score == 0.8  # scores stay
+    assert notes == ["not re-ranked in /v2.mp4: it cannot be decoded any more"] and calls == [("re-ranking", 3)]
+    plain, _ = api.rerank_segments(None, [], [Segment(video(9, "/v0.mp4"), 0, 1, [Hit(0.0, 0, [0, 0, 5, 5], 0.5)])],
+                                   3, refine=False)
+    assert plain[0].match == 0.2 and plain[0].best.box == [0, 0, 5, 5]  # --no-refine: the match only

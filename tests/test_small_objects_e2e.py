@@ -89,3 +89,20 @@ def test_refined_boxes_fit_the_object_and_keep_the_ranking(full_hd):
     after = [iou(r["box"], full_hd["boxes"][r["frame"]]) for _, r in hits]
     assert min(after) >= 0.5, (before, after)  # the logo's own box on every hit frame
     assert sum(after) / len(after) > sum(before) / len(before) + 0.2, (before, after)
+
+
+def test_rerank_orders_segments_by_the_querys_match(full_hd):
+    """find re-ranks its first segments by the query-guided match (by default the first 20):
+    here every segment is checked, the logo's own video comes first, and the JSON and
+    the table show each segment's match; --rerank 0 leaves the region order and no match."""
+    args = ("find", "-q", full_hd["root"] / "crop.png", "-l", full_hd["lib"], "--device", "cpu")
+    segs = json.loads(run(*args, "--json").stdout)["segments"]
+    matches = [s["match"] for s in segs]
+    assert None not in matches and matches == sorted(matches, reverse=True)
+    assert Path(segs[0]["video"]).name == "target.mp4" and segs[0]["match"] > 0.5
+    off = json.loads(run(*args, "--json", "--rerank", "0").stdout)["segments"]
+    assert all(s["match"] is None for s in off)
+    assert [s["score"] for s in off] == sorted((s["score"] for s in off), reverse=True)
+    assert sorted((s["video"], s["start"]) for s in off) == sorted((s["video"], s["start"]) for s in segs)
+    table = run(*args, "--no-previews").stdout
+    assert "match" in table and f"{segs[0]['match']:.3f}" in table

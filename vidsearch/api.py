@@ -14,6 +14,7 @@ from .config import Preset, load_preset
 from .dasr.query import query_views
 from .errors import InputError, LibraryError, VidsearchError
 from .library import Library, content_key
+from .refine import RERANK_DEPTH
 from .search import SearchResult, fuse, search
 from .video import Sampler, open_source, probe, read_ahead, read_frame_at
 
@@ -377,14 +378,20 @@ class FindResult:
 def find(images: list[str], boxes: list[str] | None = None, library: str | None = None, top: int = 20,
          min_score: float | None = None, query_video: str | None = None, at: str | None = None,
          device: str = "auto", weights: str | None = None, preset: str | None = None, refine: bool = True,
-         refine_frames: int | None = None, progress=None, snap: str = "shots") -> FindResult:
-    """Search the library; with `refine`, the boxes of the frames shown (every segment's best
-    hit first, then the rest, up to `refine_frames`: by default 200 on a GPU, 10 on the CPU)
-    are looked for again with the query. `snap` shots widens segments to whole shots (where
-    the video was indexed with shot detection), samples leaves them on sampled frames.
-    `progress(total)` returns a callback taking a number of refined frames."""
+         refine_frames: int | None = None, progress=None, snap: str = "shots",
+         rerank: int | None = None) -> FindResult:
+    """Search the library. The best hits of the first `rerank` segments (default RERANK_DEPTH;
+    0: none) are matched with the query (refine.py) and those segments ordered by the match,
+    above the rest. With `refine`, the boxes of the frames shown (the
+    re-ranked hits, then every segment's best hit, then the rest, up to `refine_frames`: by
+    default 200 on a GPU, 10 on the CPU) are looked for again with the query. `snap` shots
+    widens segments to whole shots (where the video was indexed with shot detection), samples
+    leaves them on sampled frames. `progress(what, total)` returns a callback taking a number
+    of frames."""
     if top < 1:
         raise InputError(f"--top must be at least 1, got {top}")
+    if rerank is not None and rerank < 0:
+        raise InputError(f"--rerank must be 0 (off) or a number of segments, got {rerank}")
     if snap not in ("shots", "samples"):
         raise InputError(f"--snap must be shots or samples, got {snap!r}")
     lib = Library.open(library)
@@ -402,7 +409,10 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
         # view 0 of all queries fused (several views of one object), plus each query's scale views
         raw = np.stack([fuse([v[0] for v in views])] + [x for v in views for x in v[1:]])
         w = lib.index_whitening  # the one the index was built with, not a later read of the file
-        result = search(lib, index, w.apply(raw) if w is not None else raw, top=top, min_score=min_score)
+        gpu = engine.device.type == "cuda"
+        depth = RERANK_DEPTH if rerank is None else rerank
+        result = search(lib, index, w.apply(raw) if w is not None else raw, top=max(top, depth),
+                        min_score=min_score)
         notes = [m for q in queries for m in q.warnings] + ([result.note] if result.note else [])
         if snap == "shots" and result.segments:
             from .shots import snap_to_shots
@@ -410,8 +420,12 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
             result.segments, snap_notes = snap_to_shots(
                 result.segments, lambda v: lib.load_shard(v.id, ("sample_frame", "sample_time", "shot_cut")))
             notes += snap_notes
+        if depth and result.segments:
+            result.segments, rerank_notes = rerank_segments(engine, queries, result.segments, depth, refine, progress)
+            notes += rerank_notes
+        result.segments = result.segments[:top]
         if refine and result.segments:
-            limit = refine_frames or (200 if engine.device.type == "cuda" else 10)
+            limit = refine_frames or (200 if gpu else 10)
             notes += refine_hits(engine, queries, result.segments, limit, progress)
         _, bad = lib.readable_videos()
         notes += [f"skipped {v.path}: its shard is unreadable ({why}); re-index it" for v, why in bad]
@@ -423,39 +437,84 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
 # ----------------------------------------------------------------------------- pictures
 
 
+class _Matcher:
+    """The query's templates (refine.py), and hit frames decoded and matched with them."""
+
+    def __init__(self, engine, queries: list[Query]) -> None:
+        from .refine import make_template, refine_layer
+
+        self.engine = engine
+        self.layer = refine_layer(engine)
+        self.templates = []
+        for q in queries:
+            h, w = q.image.shape[:2]
+            whole = q.box[0] <= 0 and q.box[1] <= 0 and q.box[2] >= w and q.box[3] >= h
+            self.templates.append(make_template(engine, self.layer, q.image, None if whole else q.box))
+        self.infos: dict[str, object] = {}
+        self.failed: set[str] = set()
+
+    def match(self, seg, hit):
+        """refine.Refined for the hit's frame, or None where its video cannot be decoded."""
+        from .refine import refine_box
+        from .video import grab_frame
+
+        path = seg.video.path
+        try:
+            info = self.infos[path] = self.infos.get(path) or probe(path)
+            frame = grab_frame(path, hit.time, hit.frame, info)
+        except VidsearchError:
+            self.failed.add(path)
+            return None
+        return refine_box(self.engine, self.layer, frame, self.templates, hit.box)
+
+    def notes(self, what: str) -> list[str]:
+        return [f"{what} in {p}: it cannot be decoded any more" for p in sorted(self.failed)]
+
+
+def rerank_segments(engine, queries: list[Query], segments: list, depth: int, refine: bool = True,
+                    progress=None) -> tuple[list, list[str]]:
+    """Re-ranking: the best hit of each of the first `depth` segments is matched with the query
+    (refine.py), and those segments are ordered by the match, above the others, which keep
+    their order (as do segments whose video cannot be decoded). With `refine`, the matched box
+    replaces the hit's. Returns the segments and notes for the user."""
+    checked = segments[:depth]
+    matcher = _Matcher(engine, queries)
+    tick = progress("re-ranking", len(checked)) if progress else None
+    for seg in checked:
+        found = matcher.match(seg, seg.best)
+        if tick:
+            tick(1)
+        if found is None:
+            continue
+        seg.match = found.score
+        if refine:
+            seg.best.box = list(found.box)
+            seg.best.refined = True
+    ranked = sorted((s for s in checked if s.match is not None), key=lambda s: -s.match)
+    return ranked + [s for s in checked if s.match is None] + segments[depth:], matcher.notes("not re-ranked")
+
+
 def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progress=None) -> list[str]:
     """Query-guided boxes (refine.py) on hit frames: each segment's best hit first, then the
-    others in segment order, up to `limit` frames. Ranking and scores stay; boxes change and
-    say so. Returns notes for the user (frames that could not be decoded)."""
-    from .refine import make_template, refine_box, refine_layer
-    from .video import grab_frame
-
-    layer = refine_layer(engine)
-    templates = []
-    for q in queries:
-        h, w = q.image.shape[:2]
-        whole = q.box[0] <= 0 and q.box[1] <= 0 and q.box[2] >= w and q.box[3] >= h
-        templates.append(make_template(engine, layer, q.image, None if whole else q.box))
+    others in segment order, up to `limit` frames (hits refined already count and are kept).
+    Ranking and scores stay; boxes change and say so. Returns notes for the user (frames that
+    could not be decoded)."""
     order = [(s, s.best) for s in segments] + [(s, h) for s in segments for h in s.hits if h is not s.best]
     notes = [f"boxes refined on the first {limit} of {len(order)} hit frames (each segment's best first); "
              f"--refine-frames N for more"] if len(order) > limit else []
-    order = order[:limit]
-    tick = progress(len(order)) if progress else None
-    infos, failed = {}, set()
+    order = [(s, h) for s, h in order[:limit] if not h.refined]
+    if not order:
+        return notes
+    matcher = _Matcher(engine, queries)
+    tick = progress("refining boxes", len(order)) if progress else None
     for seg, hit in order:
-        path = seg.video.path
-        try:
-            info = infos[path] = infos.get(path) or probe(path)
-            frame = grab_frame(path, hit.time, hit.frame, info)
-        except VidsearchError:
-            failed.add(path)
-            continue
-        finally:
-            if tick:
-                tick(1)
-        hit.box = list(refine_box(engine, layer, frame, templates, hit.box).box)
-        hit.refined = True
-    return notes + [f"boxes in {p} were not refined: it cannot be decoded any more" for p in sorted(failed)]
+        found = matcher.match(seg, hit)
+        if tick:
+            tick(1)
+        if found is not None:
+            hit.box = list(found.box)
+            hit.refined = True
+    return notes + matcher.notes("boxes were not refined")
 
 
 def best_frames(segments) -> dict[int, np.ndarray]:

@@ -156,21 +156,22 @@ def find(
     previews: bool = typer.Option(True, "--previews/--no-previews", help="Terminal thumbnails of the best frames."),
     device: str = DEVICE,
     weights: Optional[str] = WEIGHTS,
-    refine: bool = typer.Option(True, "--refine/--no-refine", help="Look for each shown hit's box again with the query (boxes only; ranking stays)."),
+    refine: bool = typer.Option(True, "--refine/--no-refine", help="Look for each shown hit's box again with the query."),
     snap: str = typer.Option("shots", "--snap", help="shots: each segment is the whole shot(s) its hits lie in (where the video was indexed with shot detection); samples: from the first hit to the sample after the last."),
     refine_frames: Optional[int] = typer.Option(None, "--refine-frames", min=1, help="At most this many hit frames refined, best hits first (default: 200 on a GPU, 10 on the CPU, a few seconds each there)."),
+    rerank: Optional[int] = typer.Option(None, "--rerank", min=0, help="Re-rank the first N segments by how well the query matches their best hit, a finer check than the region score (default: 20; about half a second each on the CPU; 0: off)."),
 ) -> None:
     """Find where the query object appears: segments with timecodes, boxes and previews."""
     if export_format and not export_out:
         raise VidsearchError("--export needs -o FILE")
     with _fps_progress(err) as progress:
-        def start(total: int):
-            task = progress.add_task("refining boxes", total=total, rate="")
+        def start(what: str, total: int):
+            task = progress.add_task(what, total=total, rate="")
             return lambda n: progress.advance(task, n)
 
         result = api.find([str(q) for q in query], box, str(library) if library else None, top, min_score,
                           str(query_video) if query_video else None, at, device, weights, refine=refine,
-                          refine_frames=refine_frames, progress=start, snap=snap)
+                          refine_frames=refine_frames, progress=start, snap=snap, rerank=rerank)
     data = result.to_dict()
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)  # [shots] is not markup
@@ -205,15 +206,16 @@ def _print_segments(data: dict, frames: dict, previews: bool, frame_boxes: list)
                   "try --min-score lower, another crop, or several --query views")
         return
     table = Table(title=f"{len(segs)} segments · threshold {data['query']['threshold']:.3f}")
-    for col in ("#", "video", "start – end", "score", "best box (x1,y1,x2,y2)", "frames"):
-        table.add_column(col, no_wrap=col in ("#", "start – end", "score"), min_width=10 if col == "video" else None,
+    for col in ("#", "video", "start – end", "score", "match", "best box (x1,y1,x2,y2)", "frames"):
+        table.add_column(col, no_wrap=col in ("#", "start – end", "score", "match"), min_width=10 if col == "video" else None,
                          overflow="fold")
     show = previews and bool(frames)
     if show:
         table.add_column("best frame")
     for i, s in enumerate(segs, 1):
+        match = s.get("match")
         row = [str(i), Path(s["video"]).name, f"{s['start_tc']} – {s['end_tc']}", f"{s['score']:.3f}",
-               ",".join(f"{v:.0f}" for v in s["best"]["box"]), str(len(s["hits"]))]
+               "-" if match is None else f"{match:.3f}", ",".join(f"{v:.0f}" for v in s["best"]["box"]), str(len(s["hits"]))]
         if show:
             img = frames.get(i - 1)
             row.append(half_blocks(crop_box(img, frame_boxes[i - 1]), 20) if img is not None else "")
@@ -407,7 +409,7 @@ def demo(
     err.print(f"3/3 vidsearch find --query {crop} --library {workdir / 'library'} --out {workdir / 'hits'} "
               f"--html {workdir / 'page'}")
     find([crop], [], None, None, workdir / "library", 5, None, False, workdir / "hits", workdir / "page", None, None, True,
-         device, None, True, "shots", 100)
+         device, None, refine=True, snap="shots", refine_frames=100, rerank=None)
 
 
 def main() -> None:  # pragma: no cover

@@ -30,6 +30,7 @@ import torch
 from .config import INDEX_FIELDS, SPEED_FIELDS, Preset, load_preset, with_overrides
 from .dasr.describe import Whitening, l2n
 from .errors import InputError
+from .refine import RERANK_DEPTH
 
 REGION_METHODS = ("dasr", "dasr*", "dasr-m", "dasr-m*")
 BASELINES = ("mac", "spoc", "rmac", "crow")
@@ -243,6 +244,7 @@ class MethodSpec:
     feature_layer: str = ""
     overrides: list[str] = field(default_factory=list)  # KEY=VALUE on the preset
     refine: bool = False  # query-guided boxes on the true positives (refine.py)
+    rerank: int = 0  # re-rank each query's top N references by the query-guided match (refine.py)
 
     @classmethod
     def parse(cls, text: str) -> "MethodSpec":
@@ -250,7 +252,7 @@ class MethodSpec:
         if base not in REGION_METHODS + BASELINES:
             raise InputError(f"unknown method {base!r}: use {', '.join(REGION_METHODS + BASELINES)} "
                              "with optional suffixes :official :whiten :nowhiten :feat=LAYER :peak=LAYER "
-                             ":refine :KEY=VALUE (any preset key, e.g. :tiles=1,2)")
+                             ":refine :rerank[=N] :KEY=VALUE (any preset key, e.g. :tiles=1,2)")
         spec = cls(text, base)
         for o in opts:
             if o == "official":
@@ -261,6 +263,13 @@ class MethodSpec:
                 spec.whiten = True
             elif o == "refine":
                 spec.refine = True
+            elif o == "rerank" or o.startswith("rerank="):
+                try:
+                    spec.rerank = int(o[7:]) if "=" in o else RERANK_DEPTH  # find's default
+                except ValueError:
+                    raise InputError(f"{o!r} in {text!r}: rerank=N takes a number of references") from None
+                if spec.rerank < 1:
+                    raise InputError(f"{o!r} in {text!r}: rerank=N needs N of at least 1")
             elif o.startswith("feat="):
                 spec.feature_layer = o[5:]
             elif o.startswith("peak="):
@@ -295,6 +304,7 @@ class Scored:
     frames_per_s: float
     notes: list[str] = field(default_factory=list)
     refine_ms: float | None = None  # query-guided boxes: milliseconds per frame
+    rerank_ms: float | None = None  # re-ranking: milliseconds per frame checked
 
 
 def _query_images(seqs, proto) -> list[tuple[np.ndarray, tuple[float, float, float, float] | None]]:
@@ -378,7 +388,6 @@ def run_region_method(spec: MethodSpec, base: Preset, seqs, proto, device: str, 
     engine.preset = engine.preset.replace(pooling=pool)
     views = [np.stack(query_views(engine, img, box, sizes)) for img, box in _query_images(seqs, proto)]
     engine.preset = engine.preset.replace(pooling="avg")
-    raw_views = views
     whitened = spec.whiten if spec.whiten is not None else base.whiten
     if whitened:
         w = Whitening.fit(vectors, shrink=1e-3)
@@ -388,7 +397,6 @@ def run_region_method(spec: MethodSpec, base: Preset, seqs, proto, device: str, 
     scores = np.full((len(views), n_ref), -np.inf, dtype=np.float32)
     boxes = np.zeros((len(views), n_ref, 4), dtype=np.float32)
     frame = regs["frame"]
-    levels = np.ones((len(views), n_ref), dtype=np.int8)
     for qi in range(len(views)):
         order = np.argsort(-sims[qi], kind="stable")
         seen = np.zeros(n_ref, dtype=bool)
@@ -398,32 +406,63 @@ def run_region_method(spec: MethodSpec, base: Preset, seqs, proto, device: str, 
                 seen[f] = True
                 scores[qi, f] = sims[qi, j]
                 boxes[qi, f] = regs["boxes"][j]
-                levels[qi, f] = regs["level"][j]
     scored = Scored(scores, boxes, len(frame) / max(1, n_ref), n_ref / max(seconds, 1e-9))
-    if spec.refine:
+    if spec.refine or spec.rerank:
         engine.preset = engine.preset.replace(pooling=pool)
-        _refine_true_positives(scored, levels, engine, raw_views, w if whitened else None, seqs, proto)
+        done = _rerank(scored, engine, seqs, proto, spec.rerank) if spec.rerank else None
+        if spec.refine:
+            _refine_true_positives(scored, engine, seqs, proto, done)
         engine.preset = engine.preset.replace(pooling="avg")
     return scored
 
 
-def _refine_true_positives(scored: Scored, levels: np.ndarray, engine, views, whitening, seqs, proto,
+def _rerank(scored: Scored, engine, seqs, proto, depth: int) -> np.ndarray:
+    """`find`'s re-ranking (refine.rerank_order): each query's top `depth` references ordered by
+    the query-guided match on them, above the rest, which keep their order; their boxes become
+    the matched ones. Returns which (query, reference) boxes were refined."""
+    from .refine import RERANKED, make_template, refine_box, refine_layer
+
+    queries = _query_images(seqs, proto)
+    layer = refine_layer(engine)
+    done = np.zeros(scored.scores.shape, dtype=bool)
+    frames, seconds = 0, 0.0
+    for qi, (img, box) in enumerate(queries):
+        _, left_out = proto.judgements(seqs, qi)
+        s = np.where(left_out, -np.inf, scored.scores[qi])
+        templates = [make_template(engine, layer, img, box)]
+        for r in np.argsort(-s, kind="stable")[: min(depth, int((~left_out).sum()))]:
+            si, i = proto.references[r]
+            ref = read_image(seqs[si].frames[i])
+            t0 = time.perf_counter()
+            out = refine_box(engine, layer, ref, templates, scored.boxes[qi, r])
+            seconds += time.perf_counter() - t0
+            frames += 1
+            scored.scores[qi, r] = RERANKED + out.score
+            scored.boxes[qi, r] = out.box
+            done[qi, r] = True
+    scored.notes.append(f"rerank: top {depth}, {frames} frames, {1000 * seconds / max(1, frames):.0f} ms per frame")
+    scored.rerank_ms = 1000 * seconds / max(1, frames)
+    return done
+
+
+def _refine_true_positives(scored: Scored, engine, seqs, proto, done: np.ndarray | None = None,
                            loc_k: int = 50) -> None:
     """Query-guided boxes (refine.py) on the true positives among each query's top loc_k: the
-    frames whose boxes localisation is measured on; ranking stays as it is."""
+    frames whose boxes localisation is measured on; ranking stays as it is. Boxes already
+    refined (`done`, by re-ranking) are kept."""
     from .refine import make_template, refine_box, refine_layer
 
     queries = _query_images(seqs, proto)
     layer = refine_layer(engine)
     frames, seconds = 0, 0.0
-    for qi in range(len(views)):
+    for qi in range(len(queries)):
         relevant, left_out = proto.judgements(seqs, qi)
         s = np.where(left_out, -np.inf, scored.scores[qi])
         top = np.lexsort((relevant.astype(int), -s))[:loc_k]
         img, box = queries[qi]
         templates = [make_template(engine, layer, img, box)]
         for r in top:
-            if not relevant[r]:
+            if not relevant[r] or (done is not None and done[qi, r]):
                 continue
             si, i = proto.references[r]
             ref = read_image(seqs[si].frames[i])
@@ -543,6 +582,7 @@ def metrics(scored: Scored, seqs, proto, loc_k: int = 50) -> dict:
     result["regions_per_frame"] = round(scored.regions_per_frame, 2)
     result["frames_per_s"] = round(scored.frames_per_s, 3)
     result["refine_ms_per_frame"] = None if scored.refine_ms is None else round(scored.refine_ms, 1)
+    result["rerank_ms_per_frame"] = None if scored.rerank_ms is None else round(scored.rerank_ms, 1)
     result["buckets"] = {b: {**_summary(aps, b_ious), "queries": len(aps["map@all"]), "references": len(b_refs)}
                          for b, (aps, b_ious, b_refs) in per_bucket.items()}
     result["per_query"] = per_query

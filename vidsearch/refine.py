@@ -14,8 +14,12 @@ the query is known, so on each frame that will be shown the box is looked for ag
 - the box is the query's box, moved there and scaled by that zoom.
 
 This is training-free template matching on the backbone's own features (the idea of Siamese
-trackers, without their training). Measured choices and numbers: bench/RESULTS.md. Ranking
-never changes: only boxes.
+trackers, without their training). Measured choices and numbers: bench/RESULTS.md.
+
+The match is also a second opinion on the ranking (re-ranking, `find --rerank N`): a region
+vector averages a box that, for an object of a few dozen pixels, is mostly background, while
+the template keeps the object's layout on a finer map. The top N hits are ordered by their
+match, above the rest (bench/RESULTS.md: small objects in other scenes).
 """
 
 from __future__ import annotations
@@ -30,6 +34,12 @@ TEMPLATE_CELLS = 6  # the query's box spans this many cells on its long side
 ZOOMS = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)  # object size / region size, tried
 CONTEXT = 1.0  # the searched window adds this many region sizes on every side
 MAX_SIDE = 640  # network pixels: a window is cut down around the region past this
+RERANKED = 10.0  # re-ranked scores (a correlation, at most 1) are offset by this, above any cosine
+# Hits re-ranked unless told otherwise (find --rerank, eval :rerank). Measured (bench/RESULTS.md):
+# the first 20 lift small objects in other scenes and keep instance-dev's mAP (0.983 vs 0.981);
+# the first 100 cost instance-dev 0.03 (background texture can match the template where the
+# region score had ranked the frame low), so 20 on any device.
+RERANK_DEPTH = 20
 
 
 @dataclass

@@ -171,11 +171,15 @@ def _card(n: int, seg: dict, frames: _Frames, img_dir: Path, out_dir: Path, thum
     playable = Path(source).suffix.lower() in PLAYABLE
     box = ", ".join(f"{float(v):.0f}" for v in seg["best"]["box"])  # in the named video's pixels
     missing = "" if picture else '<p class="missing">the video cannot be read any more: no pictures</p>'
+    score_text, score_title = f'{float(seg["score"]):.3f}', "region score"
+    if seg.get("match") is not None:  # re-ranked by the query-guided match (find --rerank)
+        score_text += f' · match {float(seg["match"]):.3f}'
+        score_title += "; match with the query, which ranks it"
     return (f'<section class="card" id="seg-{n}" data-n="{n}" data-video="{e(video_url(source, out_dir))}" '
             f'data-playable="{int(playable)}" data-start="{float(seg["start"]):.3f}" data-best="{float(best["time"]):.3f}" '
             f'data-box="{_box_attr(best)}">'
             f'<header><span class="rank">#{n}</span> <span class="name" title="{e(video)}">{e(Path(video).name)}</span>'
-            f'<span class="score">{float(seg["score"]):.3f}</span></header>'
+            f'<span class="score" title="{score_title}">{score_text}</span></header>'
             f'{picture}{missing}'
             f'<p class="meta"><span class="tc">{e(seg.get("start_tc", ""))} – {e(seg.get("end_tc", ""))}</span> · '
             f'{len(hits)} hit frame{"s" if len(hits) != 1 else ""} · best at {e(_hit_tc(seg, float(best["time"])))} · '

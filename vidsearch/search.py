@@ -32,6 +32,7 @@ class Segment:
     end: float
     hits: list[Hit] = field(default_factory=list)
     snap: str = "samples"  # what start and end lie on: sampled frames, or shot boundaries
+    match: float | None = None  # the query-guided match on its best hit, where re-ranked (refine.py)
 
     @property
     def best(self) -> Hit:
@@ -69,6 +70,7 @@ class Segment:
             "duration": round(media.duration, 6),
             "media_start_tc": media.start_tc,
             "score": round(self.score, 4),
+            "match": None if self.match is None else round(self.match, 4),
             "snap": self.snap,
             "best": hit(self.best),
             "hits": [hit(h) for h in self.hits],
