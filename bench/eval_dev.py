@@ -19,7 +19,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 COLUMNS = ("map@50", "map@100", "map@all", "loc_recall@0.5", "miou", "regions_per_frame", "frames_per_s",
-           "refine_ms_per_frame")
+           "refine_ms_per_frame", "rerank_ms_per_frame")
 BUCKET_COLUMNS = ("map@all", "loc_recall@0.5", "miou")
 
 
