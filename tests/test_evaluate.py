@@ -132,6 +132,12 @@ def test_rerank_orders_each_querys_top_by_the_match(tiny_data):
         assert any(not np.allclose(ranked.boxes[q, r], plain.boxes[q, r]) for r in top)
     # real weights on real photos: each object's own frames still come first
     assert metrics(ranked, seqs, proto)["map@all"] > 0.9
+    # :refine after :rerank boxes the other true positives and keeps the ranking and the re-ranked boxes
+    both = run_region_method(MethodSpec.parse("dasr:rerank=3:refine"), load_preset(str(preset)), seqs, proto, "cpu", 4,
+                             cache)
+    assert both.refine_ms is not None and np.array_equal(both.scores, ranked.scores)
+    moved = ranked.scores > 1
+    assert np.array_equal(both.boxes[moved], ranked.boxes[moved])
 
 
 def test_cached_regions_are_reused_across_speed_knobs_only(tiny_data, tmp_path):

@@ -416,32 +416,45 @@ def run_region_method(spec: MethodSpec, base: Preset, seqs, proto, device: str, 
     return scored
 
 
-def _rerank(scored: Scored, engine, seqs, proto, depth: int) -> np.ndarray:
-    """`find`'s re-ranking (refine.rerank_order): each query's top `depth` references ordered by
-    the query-guided match on them, above the rest, which keep their order; their boxes become
-    the matched ones. Returns which (query, reference) boxes were refined."""
-    from .refine import RERANKED, make_template, refine_box, refine_layer
+def _match_references(scored: Scored, engine, seqs, proto, pick, what: str) -> tuple[dict, float]:
+    """The query-guided match (refine.py) of each query on the references `pick(qi, scores,
+    relevant, left_out)` names, from the best region's box: ({(query, reference): Refined},
+    milliseconds per frame), the cost also noted under `what`."""
+    from .refine import make_template, refine_box, refine_layer
 
     queries = _query_images(seqs, proto)
     layer = refine_layer(engine)
-    done = np.zeros(scored.scores.shape, dtype=bool)
-    frames, seconds = 0, 0.0
+    found, seconds = {}, 0.0
     for qi, (img, box) in enumerate(queries):
-        _, left_out = proto.judgements(seqs, qi)
-        s = np.where(left_out, -np.inf, scored.scores[qi])
+        relevant, left_out = proto.judgements(seqs, qi)
+        chosen = pick(qi, np.where(left_out, -np.inf, scored.scores[qi]), relevant, left_out)
         templates = [make_template(engine, layer, img, box)]
-        for r in np.argsort(-s, kind="stable")[: min(depth, int((~left_out).sum()))]:
+        for r in chosen:
             si, i = proto.references[r]
             ref = read_image(seqs[si].frames[i])
             t0 = time.perf_counter()
-            out = refine_box(engine, layer, ref, templates, scored.boxes[qi, r])
+            found[(qi, int(r))] = refine_box(engine, layer, ref, templates, scored.boxes[qi, r])
             seconds += time.perf_counter() - t0
-            frames += 1
-            scored.scores[qi, r] = RERANKED + out.score
-            scored.boxes[qi, r] = out.box
-            done[qi, r] = True
-    scored.notes.append(f"rerank: top {depth}, {frames} frames, {1000 * seconds / max(1, frames):.0f} ms per frame")
-    scored.rerank_ms = 1000 * seconds / max(1, frames)
+    ms = 1000 * seconds / max(1, len(found))
+    scored.notes.append(f"{what}: {len(found)} frames, {ms:.0f} ms per frame")
+    return found, ms
+
+
+def _rerank(scored: Scored, engine, seqs, proto, depth: int) -> np.ndarray:
+    """`find`'s re-ranking (api.rerank_segments): each query's top `depth` references ordered by
+    the query-guided match on them, above the rest, which keep their order; their boxes become
+    the matched ones. Returns which (query, reference) boxes were refined."""
+    from .refine import RERANKED
+
+    def top(qi, s, relevant, left_out):
+        return np.argsort(-s, kind="stable")[: min(depth, int((~left_out).sum()))]
+
+    found, scored.rerank_ms = _match_references(scored, engine, seqs, proto, top, f"rerank top {depth}")
+    done = np.zeros(scored.scores.shape, dtype=bool)
+    for (qi, r), out in found.items():
+        scored.scores[qi, r] = RERANKED + out.score
+        scored.boxes[qi, r] = out.box
+        done[qi, r] = True
     return done
 
 
@@ -450,29 +463,13 @@ def _refine_true_positives(scored: Scored, engine, seqs, proto, done: np.ndarray
     """Query-guided boxes (refine.py) on the true positives among each query's top loc_k: the
     frames whose boxes localisation is measured on; ranking stays as it is. Boxes already
     refined (`done`, by re-ranking) are kept."""
-    from .refine import make_template, refine_box, refine_layer
+    def true_positives(qi, s, relevant, left_out):
+        return [r for r in np.lexsort((relevant.astype(int), -s))[:loc_k]
+                if relevant[r] and (done is None or not done[qi, r])]
 
-    queries = _query_images(seqs, proto)
-    layer = refine_layer(engine)
-    frames, seconds = 0, 0.0
-    for qi in range(len(queries)):
-        relevant, left_out = proto.judgements(seqs, qi)
-        s = np.where(left_out, -np.inf, scored.scores[qi])
-        top = np.lexsort((relevant.astype(int), -s))[:loc_k]
-        img, box = queries[qi]
-        templates = [make_template(engine, layer, img, box)]
-        for r in top:
-            if not relevant[r] or (done is not None and done[qi, r]):
-                continue
-            si, i = proto.references[r]
-            ref = read_image(seqs[si].frames[i])
-            t0 = time.perf_counter()
-            out = refine_box(engine, layer, ref, templates, scored.boxes[qi, r])
-            seconds += time.perf_counter() - t0
-            frames += 1
-            scored.boxes[qi, r] = out.box
-    scored.notes.append(f"refine: {frames} frames, {1000 * seconds / max(1, frames):.0f} ms per frame")
-    scored.refine_ms = 1000 * seconds / max(1, frames)
+    found, scored.refine_ms = _match_references(scored, engine, seqs, proto, true_positives, "refine")
+    for (qi, r), out in found.items():
+        scored.boxes[qi, r] = out.box
 
 
 def run_baseline(method: str, base: Preset, seqs, proto, device: str, batch: int, cache: dict, progress=None,
