@@ -292,3 +292,9 @@ def test_demo_runs_its_three_steps(tmp_path):
     assert "3/3" in result.output
     assert (tmp_path / "demo" / "library" / "catalog.sqlite").exists()
     assert (tmp_path / "demo" / "page" / "index.html").exists()
+    # run again after "an upgrade" changed the preset: the demo's own library starts afresh
+    changed = tmp_path / "tiny.toml"
+    changed.write_text(tiny.read_text().replace("long_side = 128", "long_side = 160"))
+    again = run("demo", "--dir", tmp_path / "demo", "--preset", changed, "--device", "cpu")
+    assert "started afresh" in again.output and "3/3" in again.output
+    assert "started afresh" not in run("demo", "--dir", tmp_path / "demo", "--preset", changed, "--device", "cpu").output

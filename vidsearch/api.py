@@ -13,7 +13,7 @@ import numpy as np
 from .config import Preset, load_preset
 from .dasr.query import query_views
 from .errors import InputError, LibraryError, VidsearchError
-from .library import Library, content_key
+from .library import CATALOG, Library, content_key
 from .refine import RERANK_DEPTH
 from .search import SearchResult, fuse, search
 from .video import Sampler, open_source, probe, read_ahead, read_frame_at
@@ -141,6 +141,26 @@ def resolve_preset(lib: Library, name: str | None) -> Preset:
     preset = load_preset(name)
     lib.check_preset(preset)
     return preset
+
+
+def demo_library(root: Path, preset: str) -> str | None:
+    """The demo's own library at `root`, emptied where an earlier run built it with another
+    preset or an earlier version of this one (after an upgrade changed a preset, the demo would
+    otherwise refuse to run). Returns a note for the user where it was emptied."""
+    import shutil
+
+    if not (root / CATALOG).is_file():
+        return None
+    lib = Library.open(root)
+    try:
+        stored = lib.preset()
+    finally:
+        lib.close()
+    wanted = load_preset(preset)
+    if stored is None or stored.fingerprint() == wanted.fingerprint():
+        return None
+    shutil.rmtree(root)
+    return f"{root} held the demo's library of an earlier run, built with another version of its preset: started afresh"
 
 
 def _engine(preset: Preset, device: str, weights: str | None):

@@ -402,6 +402,9 @@ def demo(
     make_sample(video, seconds=10.0, appear=(3.0, 7.0))
     Image.fromarray(object_crop("coffee")).save(crop)
     err.print(f"2/3 vidsearch index {video} --library {workdir / 'library'}")
+    note = api.demo_library(workdir / "library", preset)
+    if note:
+        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     reports = _index_with_progress([str(video)], str(workdir / "library"), preset, None, None, device, 4, "decord", None,
                                    0.0, None, [])
     if any(r.status == "failed" for r in reports):
