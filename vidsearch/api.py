@@ -153,12 +153,12 @@ def demo_library(root: Path, preset: str) -> str | None:
         return None
     lib = Library.open(root)
     try:
-        stored = lib.preset()
+        lib.check_preset(load_preset(preset))
+        return None
+    except LibraryError:
+        pass
     finally:
         lib.close()
-    wanted = load_preset(preset)
-    if stored is None or stored.fingerprint() == wanted.fingerprint():
-        return None
     shutil.rmtree(root)
     return f"{root} held the demo's library of an earlier run, built with another version of its preset: started afresh"
 
@@ -440,13 +440,16 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
             result.segments, snap_notes = snap_to_shots(
                 result.segments, lambda v: lib.load_shard(v.id, ("sample_frame", "sample_time", "shot_cut")))
             notes += snap_notes
+        # one set of templates and decoded-video probes for re-ranking and boxes
+        matcher = _Matcher(engine, queries) if result.segments and (depth or refine) else None
         if depth and result.segments:
-            result.segments, rerank_notes = rerank_segments(engine, queries, result.segments, depth, refine, progress)
+            result.segments, rerank_notes = rerank_segments(engine, queries, result.segments, depth, refine, progress,
+                                                            matcher)
             notes += rerank_notes
         result.segments = result.segments[:top]
         if refine and result.segments:
             limit = refine_frames or (200 if gpu else 10)
-            notes += refine_hits(engine, queries, result.segments, limit, progress)
+            notes += refine_hits(engine, queries, result.segments, limit, progress, matcher)
         _, bad = lib.readable_videos()
         notes += [f"skipped {v.path}: its shard is unreadable ({why}); re-index it" for v, why in bad]
         return FindResult(queries, str(lib.root), stored.name, result, notes)
@@ -479,6 +482,8 @@ class _Matcher:
         from .video import grab_frame
 
         path = seg.video.path
+        if path in self.failed:
+            return None
         try:
             info = self.infos[path] = self.infos.get(path) or probe(path)
             frame = grab_frame(path, hit.time, hit.frame, info)
@@ -487,18 +492,19 @@ class _Matcher:
             return None
         return refine_box(self.engine, self.layer, frame, self.templates, hit.box)
 
-    def notes(self, what: str) -> list[str]:
-        return [f"{what} in {p}: it cannot be decoded any more" for p in sorted(self.failed)]
+    def notes(self, what: str, known: set[str] = frozenset()) -> list[str]:
+        """A note per video that could not be decoded, leaving out those `known` already."""
+        return [f"{what} in {p}: it cannot be decoded any more" for p in sorted(self.failed - known)]
 
 
 def rerank_segments(engine, queries: list[Query], segments: list, depth: int, refine: bool = True,
-                    progress=None) -> tuple[list, list[str]]:
+                    progress=None, matcher: _Matcher | None = None) -> tuple[list, list[str]]:
     """Re-ranking: the best hit of each of the first `depth` segments is matched with the query
     (refine.py), and those segments are ordered by the match, above the others, which keep
     their order (as do segments whose video cannot be decoded). With `refine`, the matched box
     replaces the hit's. Returns the segments and notes for the user."""
     checked = segments[:depth]
-    matcher = _Matcher(engine, queries)
+    matcher = matcher or _Matcher(engine, queries)
     tick = progress("re-ranking", len(checked)) if progress else None
     for seg in checked:
         found = matcher.match(seg, seg.best)
@@ -514,7 +520,8 @@ def rerank_segments(engine, queries: list[Query], segments: list, depth: int, re
     return ranked + [s for s in checked if s.match is None] + segments[depth:], matcher.notes("not re-ranked")
 
 
-def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progress=None) -> list[str]:
+def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progress=None,
+                matcher: _Matcher | None = None) -> list[str]:
     """Query-guided boxes (refine.py) on hit frames: each segment's best hit first, then the
     others in segment order, up to `limit` frames (hits refined already count and are kept).
     Ranking and scores stay; boxes change and say so. Returns notes for the user (frames that
@@ -525,7 +532,8 @@ def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progre
     order = [(s, h) for s, h in order[:limit] if not h.refined]
     if not order:
         return notes
-    matcher = _Matcher(engine, queries)
+    matcher = matcher or _Matcher(engine, queries)
+    known = set(matcher.failed)  # named already (by re-ranking)
     tick = progress("refining boxes", len(order)) if progress else None
     for seg, hit in order:
         found = matcher.match(seg, hit)
@@ -534,7 +542,7 @@ def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progre
         if found is not None:
             hit.box = list(found.box)
             hit.refined = True
-    return notes + matcher.notes("boxes were not refined")
+    return notes + matcher.notes("boxes were not refined", known)
 
 
 def best_frames(segments) -> dict[int, np.ndarray]:

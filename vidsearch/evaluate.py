@@ -30,7 +30,7 @@ import torch
 from .config import INDEX_FIELDS, SPEED_FIELDS, Preset, load_preset, with_overrides
 from .dasr.describe import Whitening, l2n
 from .errors import InputError
-from .refine import RERANK_DEPTH
+from .refine import RERANK_DEPTH, RERANKED
 
 REGION_METHODS = ("dasr", "dasr*", "dasr-m", "dasr-m*")
 BASELINES = ("mac", "spoc", "rmac", "crow")
@@ -444,8 +444,6 @@ def _rerank(scored: Scored, engine, seqs, proto, depth: int) -> np.ndarray:
     """`find`'s re-ranking (api.rerank_segments): each query's top `depth` references ordered by
     the query-guided match on them, above the rest, which keep their order; their boxes become
     the matched ones. Returns which (query, reference) boxes were refined."""
-    from .refine import RERANKED
-
     def top(qi, s, relevant, left_out):
         return np.argsort(-s, kind="stable")[: min(depth, int((~left_out).sum()))]
 
