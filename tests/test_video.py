@@ -142,3 +142,28 @@ def test_parallel_decoding_matches_sequential(tmp_path, frames):
     two = list(src.frames(Sampler(every_n=3)))
     assert [f.index for f in two] == [f.index for f in one] == list(range(0, 96, 3))
     assert all(np.array_equal(a.image, b.image) for a, b in zip(one, two))
+
+
+def test_a_decord_reader_that_gives_more_than_three_channels_sends_the_file_to_pyav(tmp_path, frames, monkeypatch):
+    """decord2 gives 4- or 6-channel frames at some small sizes on some CPUs (AVX-512): the file is
+    decoded by PyAV instead of failing at its first batch."""
+    from vidsearch.video import DecordSource
+
+    class Reader:
+        def __init__(self, channels: int, n: int = 3):
+            self.channels, self.n = channels, n
+
+        def __len__(self):
+            return self.n
+
+        def __getitem__(self, i):
+            return np.zeros((54, 96, self.channels), np.uint8)
+
+    assert DecordSource.gives_rgb(Reader(3)) and DecordSource.gives_rgb(Reader(4, n=0))
+    assert not DecordSource.gives_rgb(Reader(4)) and not DecordSource.gives_rgb(Reader(6))
+    path = write_video(tmp_path / "cfr.mp4", frames, Fraction(24))
+    monkeypatch.setattr(DecordSource, "open", lambda self: Reader(4))
+    got = list(open_source(path, "decord", 96).frames(Sampler(every_n=25)))
+    want = list(open_source(path, "pyav", 96).frames(Sampler(every_n=25)))
+    assert [f.index for f in got] == [f.index for f in want] == [0, 25, 50, 75]
+    assert all(f.image.shape == (54, 96, 3) and np.array_equal(f.image, g.image) for f, g in zip(got, want))

@@ -119,17 +119,18 @@ def split_at_keyframes(wanted: list[int], keys: list[int], length: int, batch: i
 
 
 def plan(job: Job, batch: int, chunk_frames: int | None = None) -> list[dict]:
-    """The chunk rows of one video. Files decord cannot seek in (no timestamps) or that ask for
-    PyAV are one chunk that the decode task splits as it goes."""
+    """The chunk rows of one video. Files decord cannot seek in (no timestamps) or decode right
+    (DecordSource.gives_rgb), or that ask for PyAV, are one chunk that the decode task splits as
+    it goes."""
     w, h = scaled_size(job.info.width, job.info.height, job.long_side)
     length = chunk_frames or chunk_length(w, h, batch)
     base = {"video_id": job.video_id, "path": str(job.path), "long_side": job.long_side,
             "width": job.info.width, "height": job.info.height, "per_piece": length,
             "fps": job.sampler.fps or 0.0, "every_n": job.sampler.every_n or 0}
     source = open_source(job.path, job.decoder, job.long_side, info=job.info)
-    if not isinstance(source, DecordSource):
+    vr = source.open() if isinstance(source, DecordSource) else None
+    if vr is None or not source.gives_rgb(vr):
         return [{**base, "pyav": True, "chunk": 0, "chunks": 1, "frames": np.zeros(0, np.int64), "times": np.zeros(0)}]
-    vr = source.open()
     wanted, stamps = source.plan(job.sampler, vr)
     keys = [int(k) for k in vr.get_key_indices()]
     chunks = split_at_keyframes(wanted, keys, length, batch) or [[]]

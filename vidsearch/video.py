@@ -318,6 +318,16 @@ class DecordSource:
         except Exception as exc:
             raise InputError(f"{self.info.path}: decord cannot open it ({type(exc).__name__}); try --decoder pyav") from None
 
+    @staticmethod
+    def gives_rgb(vr) -> bool:
+        """Whether the reader's frames have 3 channels. At some small sizes on some CPUs decord2
+        returns 4 or 6 (seen at 96x54 and 144x80 on an AVX-512 machine, whichever decord2 3.x;
+        its batch copy then fails): such files go through PyAV instead."""
+        try:
+            return len(vr) == 0 or vr[0].shape[-1] == 3
+        except Exception:
+            return True  # a damaged file: the decode reports where it stopped
+
     def plan(self, sampler: Sampler, vr=None) -> tuple[list[int], list[float]]:
         """The frames the sampler keeps, and every frame's time (from the stream's first frame)."""
         info = self.info
@@ -335,6 +345,12 @@ class DecordSource:
 
     def frames(self, sampler: Sampler) -> Iterator[Frame]:
         vr = self.open()
+        if not self.gives_rgb(vr):
+            del vr
+            fallback = PyAVSource(self.info, self.long_side)
+            yield from fallback.frames(sampler)
+            self.stopped_at = fallback.stopped_at
+            return
         w, h = scaled_size(self.info.width, self.info.height, self.long_side)
         wanted, stamps = self.plan(sampler, vr)
         runs = [wanted[c : c + self.chunk] for c in range(0, len(wanted), self.chunk)]
@@ -343,14 +359,17 @@ class DecordSource:
             batches = self._parallel(runs, w, h)
         else:
             batches = ((idx, None) for idx in runs)
+        done = 0  # frames handed on
         try:
             for idx, batch in batches:
                 if batch is None:
                     batch = vr.get_batch(idx).asnumpy()
                 for i, img in zip(idx, batch):
                     yield Frame(i, stamps[i], img)
-        except Exception as exc:
-            self.stopped_at = f"decoding stopped near frame {idx[0]} ({type(exc).__name__})"
+                    done += 1
+        except Exception as exc:  # in a worker's run too, before this loop has named it
+            near = wanted[min(done, len(wanted) - 1)]
+            self.stopped_at = f"decoding stopped near frame {near} ({type(exc).__name__})"
 
 
 def open_source(path: str | Path, decoder: str = "decord", long_side: int | None = None,
