@@ -8,6 +8,8 @@ import pytest
 from vidsearch.library import VideoRow, region_ids
 from vidsearch.search import Hit, Segment, group_segments, retrieve
 
+from .helpers import commit_random_video
+
 
 def flat_index(vectors, video=1):
     index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
@@ -76,42 +78,28 @@ def test_segments_bridge_one_missed_sample_and_end_at_the_next_sample():
 
 
 def test_library_switches_to_ivf_then_ivfpq_by_size_and_search_stays_exact(tmp_path):
-    from types import SimpleNamespace
-
     from vidsearch.config import Preset
     from vidsearch.library import Library
     from vidsearch.search import is_exact, search
 
-    rng = np.random.default_rng(1)
     lib = Library.open(tmp_path / "lib", create=True)
-    info = SimpleNamespace(width=640, height=360, fps=__import__("fractions").Fraction(24), duration=100.0,
-                           frame_count=2400, codec="h264", rotation=0, has_pts=True, start_tc=None)
-    video = tmp_path / "v.mp4"
-    video.write_bytes(b"x")
     all_vecs = []
     with lib.writer():
         lib.adopt_preset(Preset(name="big", whiten=False, index_type="auto", ivf_min_regions=3000,
                                 pq_min_regions=5000, pq_bytes=16))
         for v in range(3):
-            n = 2000
-            desc = rng.normal(size=(n, 64)).astype(np.float32)
-            desc /= np.linalg.norm(desc, axis=1, keepdims=True)
-            frames = np.repeat(np.arange(100) * 24, 20)
-            vid = lib.begin_video(video, f"key{v}", info)
-            lib.commit_video(vid, {"frame": frames, "time": frames / 24.0, "box": np.tile([0, 0, 10, 10], (n, 1)).astype(np.float32),
-                                   "score": np.ones(n, np.float32), "desc": desc.astype(np.float16),
-                                   "sample_frame": np.arange(100) * 24, "sample_time": np.arange(100.0)}, True)
-            all_vecs.append(desc.astype(np.float16).astype(np.float32))
+            all_vecs.append(commit_random_video(lib, f"key{v}", seed=v)[1])
             index, _ = lib.load_index(save=True)
             assert is_exact(index) == (v == 0)  # 2000 regions: flat; 4000 >= 3000: IVF-SQ8; 6000: IVF-PQ
-            inner = __import__("faiss").downcast_index(index.index)
+            inner = faiss.downcast_index(index.index if is_exact(index) else index)
             assert type(inner).__name__ == ["IndexFlatIP", "IndexIVFScalarQuantizer", "IndexIVFPQ"][v]
     for vid, row in ((2, 77), (3, 1234)):  # PQ codes are coarse: the exact re-scoring finds it at 1.0
         q = all_vecs[vid - 1][row]
-        result = search(lib, index, q, top=5, min_score=0.5)
-        best = result.segments[0]
-        assert best.video.id == vid and best.best.frame == (row // 20) * 24
-        assert best.score == pytest.approx(1.0, abs=1e-3)
+        for min_score in (0.5, None):  # None: the threshold from a sample of the library's regions
+            result = search(lib, index, q, top=5, min_score=min_score)
+            best = result.segments[0]
+            assert best.video.id == vid and best.best.frame == (row // 20) * 24
+            assert best.score == pytest.approx(1.0, abs=1e-3)
 
 
 def test_rerank_orders_the_checked_segments_by_match_above_the_rest(monkeypatch):

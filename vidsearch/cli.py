@@ -344,7 +344,7 @@ def status(library: Optional[Path] = LIBRARY, as_json: bool = typer.Option(False
     w = s["whitening"]
     out.print("whitening " + (f"v{w['version']}, learned on {w['fitted_on']} regions, {w['dims']} dims" if w
                               else "not learned yet (needs more regions; vectors are L2-normalised only)"))
-    out.print(f"index    {'current' if s['index']['current'] else 'stale (rebuilt from shards on next use)'}, "
+    out.print(f"index    {'current' if s['index']['current'] else 'stale (brought up to date from the shards on next use)'}, "
               f"{s['index']['bytes'] / 1e6:.1f} MB")
     table = Table()
     for col in ("id", "video", "fps", "duration", "frames", "regions", "time", "note"):

@@ -2,7 +2,7 @@
 
 The writer (driver) does what plain `index` does before and after extraction: it holds the
 library's lock, skips unchanged videos, records a pending row per video, and at the end
-commits each video and rebuilds the index once. In between, each video is planned into
+commits each video and updates the index once. In between, each video is planned into
 chunks of sampled frames (long videos into several, each starting near a keyframe so that
 no chunk decodes much of another's), and Ray Data runs:
 

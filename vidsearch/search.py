@@ -87,9 +87,10 @@ def fuse(vectors: list[np.ndarray]) -> np.ndarray:
 
 
 def is_exact(index) -> bool:
+    """Whether the index holds exact vectors (flat) rather than IVF codes."""
     import faiss
 
-    return isinstance(faiss.downcast_index(index.index), faiss.IndexFlat)
+    return faiss.try_extract_index_ivf(index) is None
 
 
 def as_views(q: np.ndarray) -> np.ndarray:
@@ -97,25 +98,26 @@ def as_views(q: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.atleast_2d(q), dtype=np.float32)
 
 
-def background_stats(index, q: np.ndarray, sample: int = 20000, seed: int = 0, exact=None) -> tuple[float, float]:
+def background_stats(index, q: np.ndarray, sample: int = 20000, seed: int = 0, exact=None,
+                     sample_ids=None) -> tuple[float, float]:
     """Median and robust sigma (1.4826 MAD) of the query's scores (best view per region) against
-    a random sample of regions: true matches are too few to move either much."""
+    a random sample of regions: true matches are too few to move either much. For an index of
+    approximate codes, `exact` scores and `sample_ids(n, seed)` draws the sampled regions."""
     import faiss
 
     q = as_views(q)
-    n = index.ntotal
-    rng = np.random.default_rng(seed)
-    pos = np.sort(rng.choice(n, min(n, sample), replace=False)).astype(np.int64)
     if exact is None:
+        n = index.ntotal
+        pos = np.sort(np.random.default_rng(seed).choice(n, min(n, sample), replace=False)).astype(np.int64)
         s = (faiss.downcast_index(index.index).reconstruct_batch(pos) @ q.T).max(1)
     else:  # approximate codes: score the sampled regions from their stored vectors
-        ids = faiss.vector_to_array(index.id_map)[pos]
+        ids = sample_ids(sample, seed)
         s = np.max([exact(ids, v) for v in q], axis=0)
     med = float(np.median(s))
     return med, max(float(np.median(np.abs(s - med))) * 1.4826, 1e-3)
 
 
-def auto_threshold(index, q: np.ndarray, exact=None) -> tuple[float, str | None]:
+def auto_threshold(index, q: np.ndarray, exact=None, sample_ids=None) -> tuple[float, str | None]:
     """A frame counts when its best region beats the background by 3 robust sigmas and is within
     60 % of the best match in the library; 6 sigmas always count. Measured on generated videos:
     true frames score 0.45-0.67, background regions <= 0.13 (Lite0, 512 px, no whitening).
@@ -123,7 +125,7 @@ def auto_threshold(index, q: np.ndarray, exact=None) -> tuple[float, str | None]
     The background is the library's own regions, so in a small library filled with one scene
     (the object in every frame) it is the object's own surroundings and can sit above every
     match. The best match is then still returned, with a note saying why it may be alone."""
-    med, sigma = background_stats(index, q, exact=exact)
+    med, sigma = background_stats(index, q, exact=exact, sample_ids=sample_ids)
     best = float(index.search(as_views(q), 1)[0][:, 0].max())
     rule = max(med + 3 * sigma, min(med + 6 * sigma, 0.6 * best))
     if rule <= best:
@@ -242,8 +244,8 @@ def search(lib: Library, index, q: np.ndarray, top: int = 20, min_score: float |
         import faiss
 
         preset = lib.preset()
-        faiss.extract_index_ivf(index.index).nprobe = preset.nprobe if preset else 32
-    threshold, note = auto_threshold(index, q, exact) if min_score is None else (min_score, None)
+        faiss.extract_index_ivf(index).nprobe = preset.nprobe if preset else 32
+    threshold, note = auto_threshold(index, q, exact, lib.sample_region_ids) if min_score is None else (min_score, None)
     scores, ids = retrieve(index, q, threshold, exact=exact)
     shards = {int(v): lib.load_shard(int(v), SEARCH_FIELDS) for v in np.unique(ids >> 32)}
     segments: list[Segment] = []

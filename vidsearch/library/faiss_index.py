@@ -1,10 +1,13 @@
-"""The FAISS index: a cache of every readable video's region vectors, ids (video_id << 32) | row,
-rebuilt from the shards whenever `index/manifest.json` does not match the catalog."""
+"""The FAISS index: a cache of every readable video's region vectors, ids (video_id << 32) | row.
+When `index/manifest.json` no longer matches the catalog, the cached index is brought up to date
+in place (the regions of removed or changed videos taken out, those of new ones added) while its
+coarse quantiser still fits the library; otherwise it is rebuilt (and retrained) from the shards."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,14 @@ from ..config import Preset
 from ..dasr.describe import Whitening
 from .files import atomic_path
 from .shards import Shards
+
+# 2: IVF indexes hold the region ids themselves instead of sitting in an IndexIDMap2, whose
+# remove_ids renumbers the positions IVF lists keep; caches of layout 1 are still searched, but
+# the first writer that needs a change rebuilds them.
+LAYOUT = 2
+# An IVF index is retrained once the regions added since its training pass this multiple of the
+# regions it was trained on: its lists were sized for that library and its centroids fitted to it.
+RETRAIN_GROWTH = 3
 
 
 def region_ids(video_id: int, n: int) -> np.ndarray:
@@ -48,6 +59,18 @@ def _sample_vectors(shards: Shards, videos, w: Whitening | None, n: int, seed: i
     return np.ascontiguousarray(np.concatenate(parts))
 
 
+def sample_region_ids(counts: dict[int, int], n: int, seed: int = 0) -> np.ndarray:
+    """Up to n distinct region ids drawn uniformly from videos holding counts[video_id] regions."""
+    vids = np.array(sorted(counts), dtype=np.int64)
+    sizes = np.array([counts[v] for v in vids], dtype=np.int64)
+    total = int(sizes.sum())
+    pos = np.sort(np.random.default_rng(seed).choice(total, min(n, total), replace=False))
+    ends = np.cumsum(sizes)
+    which = np.searchsorted(ends, pos, side="right")
+    rows = pos - (ends[which] - sizes[which])
+    return (vids[which] << np.int64(32)) | rows
+
+
 def index_kind(total: int, preset: Preset | None) -> str:
     """flat, ivf or ivfpq for a library of `total` regions (what `auto` means by size)."""
     kind = preset.index_type if preset else "flat"
@@ -63,68 +86,145 @@ def pq_subquantizers(dim: int, code_bytes: int) -> int:
     return max(m for m in range(1, min(dim, code_bytes) + 1) if dim % m == 0)
 
 
-def build_index(shards: Shards, videos, w: Whitening | None, preset: Preset | None):
-    """Exact inner product (IndexFlatIP) by default; IVF with 8-bit scalar codes once the
-    library passes the preset's ivf_min_regions, IVF with product-quantised codes (about
-    pq_bytes per region) past pq_min_regions (or when the preset asks for either). Search
-    re-scores the approximate hits exactly from the shards. All sit in an IndexIDMap2 so ids
-    stay (video_id << 32) | row."""
+def ivf_nlist(total: int) -> int:
+    """Inverted lists for a library of `total` regions: about 4 sqrt(total)."""
+    return int(min(65536, max(16, 4 * np.sqrt(total))))
+
+
+def training_size(total: int) -> int:
+    """Vectors an IVF of ivf_nlist(total) lists is trained on (64 per list, at least 100k)."""
+    return min(total, max(64 * ivf_nlist(total), 100_000))
+
+
+def ivf_factory(kind: str, dim: int, total: int, preset: Preset | None) -> str:
+    """The FAISS factory string of the IVF a library of `total` regions gets."""
+    codes = "SQ8" if kind == "ivf" else f"PQ{pq_subquantizers(dim, preset.pq_bytes if preset else 64)}"
+    return f"IVF{ivf_nlist(total)},{codes}"
+
+
+def empty_index(kind: str, dim: int, total: int, train: np.ndarray | None = None, preset: Preset | None = None):
+    """An index for `total` regions, ready for add_with_ids: IndexIDMap2(IndexFlatIP) for flat;
+    for ivf (8-bit scalar codes) and ivfpq (about pq_bytes per region) an IVF trained on `train`
+    that keeps the ids itself, so a video's regions can be removed in place."""
     import faiss
 
-    total = sum(v.regions for v in videos)
-    kind = index_kind(total, preset)
-    index = None
-    if kind in ("ivf", "ivfpq"):
-        nlist = int(min(65536, max(16, 4 * np.sqrt(total))))
-        train = _sample_vectors(shards, videos, w, min(total, max(64 * nlist, 100_000)))
-        codes = "SQ8" if kind == "ivf" else f"PQ{pq_subquantizers(train.shape[1], preset.pq_bytes if preset else 64)}"
-        inner = faiss.index_factory(train.shape[1], f"IVF{nlist},{codes}", faiss.METRIC_INNER_PRODUCT)
-        inner.train(train)
-        index = faiss.IndexIDMap2(inner)
-    for v in videos:
-        vec = vectors_of(shards, v.id, w)
-        if index is None:
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(vec.shape[1]))
-        if len(vec):
-            index.add_with_ids(np.ascontiguousarray(vec), region_ids(v.id, len(vec)))
+    if kind == "flat":
+        return faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+    index = faiss.index_factory(dim, ivf_factory(kind, dim, total, preset), faiss.METRIC_INNER_PRODUCT)
+    index.train(train)
     return index
 
 
-def read_cached(index_dir: Path, wanted: dict):
-    """The cached index when its manifest matches `wanted` and it reads; else None."""
+@dataclass
+class IndexState:
+    """What a cached index holds: the manifest's content, less the file name."""
+    whitening: int
+    videos: dict[str, int]  # str(video_id) -> regions
+    kind: str
+    trained_on: int = 0  # regions in the library when the IVF was trained (0: flat)
+    added_since: int = 0  # regions added in place since then
+    layout: int = LAYOUT
+
+    def to_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def build_index(shards: Shards, videos, w: Whitening | None, preset: Preset | None):
+    """(index, IndexState) of every video's regions from the shards: exact inner product
+    (IndexFlatIP) below the preset's ivf_min_regions, IVF with 8-bit scalar codes below
+    pq_min_regions, IVF with product-quantised codes past it (or what the preset asks for).
+    Search re-scores the approximate hits exactly from the shards."""
+    total = sum(v.regions for v in videos)
+    kind = index_kind(total, preset)
+    train = _sample_vectors(shards, videos, w, training_size(total)) if kind != "flat" else None
+    index = None
+    for v in videos:
+        vec = vectors_of(shards, v.id, w)
+        if index is None:
+            index = empty_index(kind, vec.shape[1], total, train, preset)
+        if len(vec):
+            index.add_with_ids(np.ascontiguousarray(vec), region_ids(v.id, len(vec)))
+    wanted = manifest_wanted(videos, w)
+    return index, IndexState(wanted["whitening"], wanted["videos"], kind, trained_on=total if kind != "flat" else 0)
+
+
+def _update_plan(cached: dict, wanted: dict, kind: str) -> tuple[list[int], list[int], int] | None:
+    """(videos to take out, videos to add, regions added) to bring a cached index of manifest
+    `cached` to `wanted`, or None when it must be rebuilt: another layout, whitening or index
+    kind, or an IVF that has taken in RETRAIN_GROWTH times the regions it was trained on."""
+    if cached.get("layout") != LAYOUT or cached.get("whitening") != wanted["whitening"] or cached.get("kind") != kind:
+        return None
+    old, new = cached.get("videos", {}), wanted["videos"]
+    remove = [int(v) for v, n in old.items() if new.get(v) != n]
+    add = [int(v) for v, n in new.items() if old.get(v) != n]
+    added = cached.get("added_since", 0) + sum(new[str(v)] for v in add)
+    if kind != "flat" and added > RETRAIN_GROWTH * cached.get("trained_on", 0):
+        return None
+    return remove, add, added
+
+
+def _read(index_dir: Path, cached: dict):
     import faiss
 
-    manifest = read_manifest(index_dir)
-    if manifest and manifest.get("whitening") == wanted["whitening"] and manifest.get("videos") == wanted["videos"]:
-        try:
-            return faiss.read_index(str(index_dir / manifest["file"]))
-        except Exception:
-            return None  # corrupt cache: the caller rebuilds it
-    return None
+    try:
+        return faiss.read_index(str(index_dir / cached["file"]))
+    except Exception:
+        return None  # missing or corrupt: the caller rebuilds it
 
 
-def save_index(index_dir: Path, index, wanted: dict) -> None:
+def current_index(index_dir: Path, shards: Shards, videos, w: Whitening | None, preset: Preset | None):
+    """(index, state): the cached index and None when it holds `videos` with whitening `w`;
+    else the cache brought up to date in place where it can be (the regions of removed or
+    changed videos taken out, those of new ones added), or a fresh build; with the IndexState
+    to save."""
+    import faiss
+
+    wanted = manifest_wanted(videos, w)
+    cached = read_manifest(index_dir) or {}
+    if "file" in cached and cached.get("whitening") == wanted["whitening"] and cached.get("videos") == wanted["videos"]:
+        index = _read(index_dir, cached)
+        if index is not None:
+            return index, None
+    kind = index_kind(sum(v.regions for v in videos), preset)
+    plan = _update_plan(cached, wanted, kind) if "file" in cached else None
+    index = _read(index_dir, cached) if plan is not None else None
+    if index is None:
+        return build_index(shards, videos, w, preset)
+    remove, add, added = plan
+    if remove:
+        gone = np.concatenate([region_ids(v, cached["videos"][str(v)]) for v in remove])
+        index.remove_ids(faiss.IDSelectorBatch(gone))
+    for vid in add:
+        vec = vectors_of(shards, vid, w)
+        if len(vec):
+            index.add_with_ids(np.ascontiguousarray(vec), region_ids(vid, len(vec)))
+    return index, IndexState(wanted["whitening"], wanted["videos"], kind, cached.get("trained_on", 0), added)
+
+
+def save_index(index_dir: Path, index, state: IndexState) -> None:
     import faiss
 
     index_dir.mkdir(exist_ok=True)
-    digest = hashlib.sha256(json.dumps(wanted, sort_keys=True).encode()).hexdigest()[:16]
+    content = state.to_json()
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:16]
     name = f"{digest}.faiss"
     with atomic_path(index_dir / name) as tmp:
         faiss.write_index(index, str(tmp))
     with atomic_path(index_dir / "manifest.json") as tmp:
-        tmp.write_text(json.dumps({**wanted, "file": name}))
+        tmp.write_text(json.dumps({**content, "file": name}))
     for old in index_dir.glob("*.faiss"):
         if old.name != name:
             old.unlink(missing_ok=True)
 
 
 def exact_scores(shards: Shards, w: Whitening | None, ids: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Scores of regions recomputed from the stored descriptors (re-ranking after IVF-SQ8)."""
+    """Scores of regions recomputed from the stored descriptors (re-scoring IVF hits), reading
+    only their rows of each shard."""
     out = np.empty(len(ids), dtype=np.float32)
     vids = ids >> 32
     for vid in np.unique(vids):
         sel = np.nonzero(vids == vid)[0]
-        desc = shards.load(int(vid), ("desc",))["desc"][ids[sel] & 0xFFFFFFFF].astype(np.float32)
+        desc = shards.desc_rows(int(vid), ids[sel] & 0xFFFFFFFF).astype(np.float32)
         vec = w.apply(desc) if w is not None else desc
         out[sel] = vec @ q
     return out

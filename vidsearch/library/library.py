@@ -5,8 +5,10 @@ Layout:
     catalog.sqlite        schema version, preset, videos (rows marked done only when their shard is)
     shards/v<ID>.npz      per video: sampled frames, regions and raw descriptors (shards.py)
     whitening.npz         PCA-whitening learned from the library's own regions, versioned
-    index/manifest.json   which videos and whitening version the FAISS file holds
-    index/<digest>.faiss  IndexIDMap2(IndexFlatIP or IVF-SQ8), ids (video_id << 32) | row — a cache
+    index/manifest.json   which videos (id -> regions; ids are never reused) and whitening version
+                          the FAISS file holds, its kind and how much it has grown since training
+    index/<digest>.faiss  IndexIDMap2(IndexFlatIP), IVF-SQ8 or IVF-PQ, ids (video_id << 32) | row:
+                          a cache, updated in place as videos come and go (faiss_index.py)
     write.lock            one writer at a time
     parts/<run>/          pieces of shards written by Ray workers (ray_index.py) until the writer
                           that started them joins and commits them; any left are a dead run's
@@ -57,6 +59,7 @@ class Library:
         self._catalog: Catalog | None = None
         self._lock = WriterLock(root)
         self.index_whitening: Whitening | None = None  # what the index load_index returned was built with
+        self.index_regions: dict[int, int] = {}  # and the regions of each video it holds
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -237,8 +240,9 @@ class Library:
         return faiss_index.exact_scores(self.shards, self.index_whitening, ids, q)
 
     def load_index(self, save: bool = False):
-        """The FAISS index of every readable video: from the cache when it is current, else
-        rebuilt from the shards (and saved when this process is the writer)."""
+        """The FAISS index of every readable video: the cache when it is current, else the cache
+        brought up to date in place or rebuilt from the shards (faiss_index.current_index), and
+        saved when this process is the writer."""
         videos, _ = self.readable_videos()
         if not videos:
             return None, videos
@@ -246,14 +250,15 @@ class Library:
         # A writer may refit whitening.npz while a reader searches: queries and exact re-scoring
         # must use the whitening this index was built with, not a later read of the file.
         self.index_whitening = w
-        wanted = faiss_index.manifest_wanted(videos, w)
-        index = faiss_index.read_cached(self.index_dir, wanted)
-        if index is not None:
-            return index, videos
-        index = faiss_index.build_index(self.shards, videos, w, self.preset())
-        if save and self._lock.held:
-            faiss_index.save_index(self.index_dir, index, wanted)
+        self.index_regions = {v.id: v.regions for v in videos}
+        index, state = faiss_index.current_index(self.index_dir, self.shards, videos, w, self.preset())
+        if state is not None and save and self._lock.held:
+            faiss_index.save_index(self.index_dir, index, state)
         return index, videos
+
+    def sample_region_ids(self, n: int, seed: int = 0) -> np.ndarray:
+        """Up to n region ids drawn uniformly from the index load_index returned."""
+        return faiss_index.sample_region_ids(self.index_regions, n, seed)
 
     def verify(self) -> list[str]:
         """Invariants a crash must never break; returns what is wrong (empty = consistent)."""

@@ -63,6 +63,32 @@ class Shards:
                 np.lib.format.read_array_header_2_0
             return read_header(f)[0][0]
 
+    def desc_rows(self, video_id: int, rows: np.ndarray) -> np.ndarray:
+        """Some rows of a shard's descriptors, read alone: np.savez stores members uncompressed,
+        so `desc.npy` is mapped where it lies in the zip and only the pages of those rows are
+        read (exact re-scoring at archive size touches a few rows of many large shards)."""
+        path = self.path(video_id)
+        try:
+            with zipfile.ZipFile(path) as zf:
+                info = zf.getinfo("desc.npy")
+            if info.compress_type != zipfile.ZIP_STORED:
+                raise ValueError("compressed member")
+            with open(path, "rb") as f:
+                f.seek(info.header_offset)
+                local = f.read(30)  # the member's local header: name and extra field lengths at 26
+                if local[:4] != b"PK\x03\x04":
+                    raise ValueError("not a local file header")
+                f.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"))
+                version = np.lib.format.read_magic(f)
+                shape, fortran, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                         else np.lib.format.read_array_header_2_0)(f)
+                offset = f.tell()
+            if fortran or len(shape) != 2:
+                raise ValueError("unexpected layout")
+            return np.array(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)[rows])
+        except (KeyError, ValueError, OSError, zipfile.BadZipFile):
+            return self.load(video_id, ("desc",))["desc"][rows]  # any other shard: read whole
+
     def check(self, video_id: int, regions: int, frames: int) -> list[str]:
         """What is wrong with one shard against its catalog row (empty = consistent)."""
         try:
