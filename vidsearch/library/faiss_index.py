@@ -163,11 +163,15 @@ def _update_plan(cached: dict, wanted: dict, kind: str) -> tuple[list[int], list
     return remove, add, added
 
 
-def _read(index_dir: Path, cached: dict):
+def _read(index_dir: Path, cached: dict, mapped: bool = False):
+    """The cached index, or None. `mapped`: an IVF's lists stay in the file, mapped read-only,
+    so a search reads only the lists it probes instead of loading the whole index (GBs at
+    archive size); such an index must not be added to (FAISS aborts the process)."""
     import faiss
 
+    flags = faiss.IO_FLAG_MMAP if mapped and cached.get("kind") in ("ivf", "ivfpq") else 0
     try:
-        return faiss.read_index(str(index_dir / cached["file"]))
+        return faiss.read_index(str(index_dir / cached["file"]), flags)
     except Exception:
         return None  # missing or corrupt: the caller rebuilds it
 
@@ -182,7 +186,7 @@ def current_index(index_dir: Path, shards: Shards, videos, w: Whitening | None, 
     wanted = manifest_wanted(videos, w)
     cached = read_manifest(index_dir) or {}
     if "file" in cached and cached.get("whitening") == wanted["whitening"] and cached.get("videos") == wanted["videos"]:
-        index = _read(index_dir, cached)
+        index = _read(index_dir, cached, mapped=True)  # only searched from here on
         if index is not None:
             return index, None
     kind = index_kind(sum(v.regions for v in videos), preset)
@@ -214,7 +218,10 @@ def save_index(index_dir: Path, index, state: IndexState) -> None:
         tmp.write_text(json.dumps({**content, "file": name}))
     for old in index_dir.glob("*.faiss"):
         if old.name != name:
-            old.unlink(missing_ok=True)
+            try:
+                old.unlink(missing_ok=True)
+            except OSError:
+                pass  # still mapped by a reader where that forbids removal: the next save removes it
 
 
 def exact_scores(shards: Shards, w: Whitening | None, ids: np.ndarray, q: np.ndarray) -> np.ndarray:

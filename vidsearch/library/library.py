@@ -240,9 +240,10 @@ class Library:
         return faiss_index.exact_scores(self.shards, self.index_whitening, ids, q)
 
     def load_index(self, save: bool = False):
-        """The FAISS index of every readable video: the cache when it is current, else the cache
-        brought up to date in place or rebuilt from the shards (faiss_index.current_index), and
-        saved when this process is the writer."""
+        """The FAISS index of every readable video, for searching: the cache when it is current
+        (an IVF's lists mapped from the file, not loaded), else the cache brought up to date in
+        place or rebuilt from the shards (faiss_index.current_index), and saved when this
+        process is the writer."""
         videos, _ = self.readable_videos()
         if not videos:
             return None, videos
