@@ -215,6 +215,10 @@ def test_peak_chunks_and_frame_batches_do_not_change_the_regions(lite0, device):
     assert np.array_equal(whole.frame, chunked.frame)
     assert np.allclose(whole.boxes, chunked.boxes, atol=1e-3) and np.allclose(whole.vectors, chunked.vectors, atol=1e-5)
     assert np.allclose(np.concatenate([s.boxes for s in single]), whole.boxes, atol=1e-2)
+    padded = Engine(Preset(long_side=192, peak_chunk=64), device, backbone=lite0)
+    padded.pad_chunks = True  # as on CUDA: the last chunk's peaks padded up to a power of two, then dropped
+    again = padded.extract(frames)
+    assert np.array_equal(whole.frame, again.frame) and np.allclose(whole.boxes, again.boxes, atol=1e-3)
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
@@ -288,3 +292,56 @@ def test_cpu_engines_keep_freed_memory_on_glibc():
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         pytest.skip("mallopt is glibc's")
     assert keep_freed_memory() and keep_freed_memory()  # set once, then a no-op that says so
+
+
+@pytest.mark.parametrize("window", [0, 2])
+def test_peaks_of_several_frames_in_one_pass_equal_each_frame_alone(lite0, device, window):
+    """The engine sends the peaks of all frames of a batch through in shared chunks: a pass with
+    one frame index per peak gives each frame's maps as that frame's own pass does."""
+    graph = build_graph(lite0.model, lite0.peak_layer, lite0.feature_layer).to(device)
+    x = torch.cat([lite0.normalize(photo_batch(n, 384))[..., :256, :384] for n in ("astronaut", "coffee")]).to(device)
+    tape = Tape(graph, x, Rules())
+    peaks = tape.values[graph.peak]
+    alone, poss, seeds_alone = [], [], []
+    for b in range(2):
+        pos, _ = find_peaks(peaks[b].mean(0), "above_mean")
+        seeds = make_seeds(peaks[b], pos, "activations")
+        alone.append(tape.backprop(b, seeds, window=tape.window(pos, window)))
+        poss.append(pos)
+        seeds_alone.append(seeds)
+    pos = torch.cat(poss)
+    frame = torch.repeat_interleave(torch.arange(2, device=pos.device), torch.tensor([len(q) for q in poss], device=pos.device))
+    seeds = make_seeds(peaks, pos, "activations", frame=frame)
+    assert torch.allclose(seeds, torch.cat(seeds_alone), rtol=1e-6, atol=0)
+    win = tape.window(pos, window)
+    assert (win is None) == (window == 0)
+    together = tape.backprop(frame, seeds, window=win)
+    expected = torch.cat(alone)
+    scale = expected.flatten(1).amax(1).view(-1, 1, 1)
+    assert torch.allclose(together / scale, expected / scale, atol=1e-6)
+    graph.to("cpu")
+
+
+def test_tf32_keeps_the_boxes(lite0, device):
+    """CUDA only: the engine runs float32 with PyTorch's default TF32 convolutions; its regions
+    stay those of full float32 (boxes within a pixel, descriptors within 1e-2)."""
+    if not device.startswith("cuda"):
+        pytest.skip("TF32 exists on CUDA only")
+    from PIL import Image
+
+    from vidsearch.config import Preset
+    from vidsearch.dasr.engine import Engine
+
+    from .helpers import photo
+
+    frames = np.stack([np.asarray(Image.fromarray(photo(n)).resize((384, 256))) for n in ("coffee", "rocket")])
+    engine = Engine(Preset(long_side=384), device, backbone=lite0)
+    exact = engine.extract(frames)
+    torch.backends.cudnn.allow_tf32 = True
+    try:
+        tf32 = engine.extract(frames)
+    finally:
+        torch.backends.cudnn.allow_tf32 = False
+    assert np.array_equal(exact.frame, tf32.frame)
+    assert np.abs(exact.boxes - tf32.boxes).max() < 1.0
+    assert np.abs(exact.vectors - tf32.vectors).max() < 1e-2

@@ -69,6 +69,11 @@ def target_size(height: int, width: int, long_side: int) -> tuple[int, int]:
     return max(32, round(height * s)), max(32, round(width * s))
 
 
+def _bucket(k: int, most: int) -> int:
+    """k rounded up to a power of two (at least 8), at most `most`."""
+    return min(most, max(8, 1 << (k - 1).bit_length()))
+
+
 def to_batch(frames, device: torch.device) -> torch.Tensor:
     """uint8 (B, H, W, 3) array/tensor or list of same-size arrays -> float (B, 3, H, W) in [0, 1]."""
     if isinstance(frames, list):
@@ -93,6 +98,7 @@ class Engine:
         on_cpu = self.device.type == "cpu"
         self.rules = Rules(preset.residual, preset.maxpool, preset.stop, preset.dtype, channels_last=on_cpu)
         self.peak_chunk = preset.peak_chunk or (CPU_PEAK_CHUNK if on_cpu else GPU_PEAK_CHUNK)
+        self.pad_chunks = not on_cpu  # back-propagation batches padded to a few sizes (see extract)
         if on_cpu:
             keep_freed_memory()
         self.timings: dict[str, float] = defaultdict(float)
@@ -172,26 +178,38 @@ class Engine:
         mean_map = peak_map.mean(1)
         size = x.shape[-2:]
         mass = float(size[0] * size[1]) if p.dtype == "fp16" else 1.0
-        all_boxes, all_scores, all_frames = [], [], []
+        all_pos, all_scores, counts = [], [], []
         for b in range(x.shape[0]):
             pos, scores = find_peaks(mean_map[b], p.peaks, p.max_peaks)
             if p.prefilter != "none" and p.nms_iou is not None and pos.shape[0] > 1:
                 keep = self._prefilter(tape, b, peak_map[b], pos, scores, mass)
                 pos, scores = pos[keep], scores[keep]
-            for c in range(0, pos.shape[0], self.peak_chunk):
-                chunk = pos[c : c + self.peak_chunk]
-                seeds = make_seeds(peak_map[b], chunk, p.seed, mass)
-                t0 = time.perf_counter()
-                maps = tape.backprop(b, seeds, window=tape.window(chunk, p.window))
-                t1 = self._tick("backprop", t0)
-                all_boxes.append(maps_to_boxes(maps, p.threshold, p.tau, p.percentile))
-                self._tick("boxes", t1)
+            all_pos.append(pos)
             all_scores.append(scores)
-            all_frames.append(torch.full((pos.shape[0],), b, device=self.device, dtype=torch.int64))
-        t = time.perf_counter()
-        boxes = torch.cat(all_boxes)
+            counts.append(pos.shape[0])
+        # The peaks of all frames, in chunks that may span frames: a frame's ~10-100 peaks alone
+        # leave a GPU mostly idle. Timed as one stage: a sync per chunk would serialise it.
+        t = self._tick("peaks", t)
+        pos = torch.cat(all_pos)
         scores = torch.cat(all_scores).float()
-        frame = torch.cat(all_frames)
+        frame = torch.repeat_interleave(torch.arange(len(counts), device=self.device),
+                                        torch.tensor(counts, device=self.device))
+        first = np.repeat(np.arange(len(counts)), counts)  # the same on the host: which chunks hold one frame
+        chunk = self._chunk(tape)
+        all_boxes = []
+        for c in range(0, pos.shape[0], chunk):
+            k = min(chunk, pos.shape[0] - c)
+            part = torch.arange(c, c + k, device=self.device)
+            if self.pad_chunks and k < chunk:
+                # a few batch sizes only: cuDNN plans its kernels anew for each new shape, which
+                # on a stream of frames with ever-different peak counts costs more than the work
+                part = torch.cat([part, part[-1:].expand(_bucket(k, chunk) - k)])
+            one = first[c] == first[c + k - 1]
+            seeds = make_seeds(peak_map, pos[part], p.seed, mass, frame=frame[part])
+            maps = tape.backprop(int(first[c]) if one else frame[part], seeds, window=tape.window(pos[part], p.window))
+            all_boxes.append(maps_to_boxes(maps, p.threshold, p.tau, p.percentile)[:k])
+        t = self._tick("backprop", t)
+        boxes = torch.cat(all_boxes)
         keep = nms(boxes, scores, frame, p.nms_iou)
         # Regions ordered by frame, then by score.
         keep = keep[torch.argsort(frame[keep] * 1e6 - scores[keep].double(), stable=True)] if keep.numel() else keep
@@ -217,6 +235,16 @@ class Engine:
         return Regions(frame.cpu().numpy(), (boxes * scale).cpu().numpy().astype(np.float32),
                        scores.cpu().numpy().astype(np.float32), vectors.cpu().numpy().astype(np.float32),
                        extra, kind=kind.cpu().numpy())
+
+    def _chunk(self, tape: Tape) -> int:
+        """Peaks per back-propagation: the device's (or preset's) number for whole frames, more
+        where spatial windows make each peak's pass smaller (its memory is that of its window)."""
+        if self.preset.peak_chunk:
+            return self.preset.peak_chunk
+        h, w = tape.values[0].shape[-2:]
+        hp, wp = tape.values[self.graph.peak].shape[-2:]
+        cells = min(2 * self.preset.window + 1, hp) * min(2 * self.preset.window + 1, wp) if self.preset.window > 0 else hp * wp
+        return self.peak_chunk * max(1, (hp * wp) // cells)
 
     def _prefilter(self, tape: Tape, b: int, peak_map: torch.Tensor, pos: torch.Tensor, scores: torch.Tensor,
                    mass: float) -> torch.Tensor:

@@ -15,7 +15,7 @@ at stride 4 / 8 and upsampled. Signed inputs are shifted per sample to be non-ne
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -102,27 +102,35 @@ class Window:
     h: int
     w: int
     full_h: int
+    _grids: dict = field(default_factory=dict, repr=False, compare=False)
 
-    def _slices(self, height: int):
-        """Per peak: (row slice, column slice) of its window at the stride of a value this high."""
-        s = self.full_h // height
-        h, w = self.h // s, self.w // s
-        return [(slice(y, y + h), slice(x, x + w)) for y, x in zip((self.oy // s).tolist(), (self.ox // s).tolist())]
+    def _grid(self, height: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per peak: the rows (K, h', 1) and columns (K, 1, w') of its window at the stride of a
+        value this high; kept per stride, since every op of a pass asks again (on a GPU the
+        small index kernels cost more than the crops)."""
+        if height not in self._grids:
+            s = self.full_h // height
+            rows = (self.oy // s)[:, None] + torch.arange(self.h // s, device=self.oy.device)
+            cols = (self.ox // s)[:, None] + torch.arange(self.w // s, device=self.ox.device)
+            self._grids[height] = rows[:, :, None], cols[:, None, :]
+        return self._grids[height]
 
-    def crop(self, t: torch.Tensor) -> torch.Tensor:
-        """(C, H', W') of one frame -> (K, C, h', w'), each peak's window at that stride
-        (slices stacked: one copy, cheaper than a gather)."""
-        return torch.stack([t[:, ys, xs] for ys, xs in self._slices(t.shape[-2])])
+    def crop(self, t: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
+        """(B, C, H', W') of the tape -> (K, C, h', w'): each peak's window at that stride in its
+        frame `frames` (K,). One gather: a loop of K slices was K kernel launches per layer,
+        which on a GPU cost far more than the arithmetic."""
+        rows, cols = self._grid(t.shape[-2])
+        return t[frames[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
 
     def crop_each(self, t: torch.Tensor) -> torch.Tensor:
         """(K, C, H', W') -> (K, C, h', w'): peak k's own window of row k."""
-        return torch.stack([t[k, :, ys, xs] for k, (ys, xs) in enumerate(self._slices(t.shape[-2]))])
+        return self.crop(t, torch.arange(t.shape[0], device=t.device))
 
     def paste(self, maps: torch.Tensor, size) -> torch.Tensor:
         """(K, h, w) window maps -> (K, H, W), zero outside each window."""
         out = maps.new_zeros(maps.shape[0], *size)
-        for k, (ys, xs) in enumerate(self._slices(size[0])):
-            out[k, ys, xs] = maps[k]
+        rows, cols = self._grid(size[0])
+        out[torch.arange(maps.shape[0], device=maps.device)[:, None, None], rows, cols] = maps
         return out
 
 
@@ -249,23 +257,30 @@ class Tape:
         ox = (pos[:, 1] - radius).clamp(0, wp - cw)
         return Window(oy * stride, ox * stride, ch * stride, cw * stride, h0)
 
-    def backprop(self, frame: int, seeds: torch.Tensor, stop: str | None = None,
+    def backprop(self, frame: int | torch.Tensor, seeds: torch.Tensor, stop: str | None = None,
                  window: "Window | None" = None) -> torch.Tensor:
-        """Seeds (K, C, h, w) at the peak layer of `frame` -> maps (K, H, W) at input size;
-        `stop` overrides the rules' stopping point (the coarse pass of the prefilter). With a
-        `window`, each peak's probability is carried only inside its window at every layer (what
-        leaves it is dropped) and the maps are zero outside it."""
+        """Seeds (K, C, h, w) at the peak layer -> maps (K, H, W) at input size. `frame` is the
+        frame of the tape the peaks are in, or (K,) one per peak: peaks of several frames go
+        through in one pass, which on a GPU is what fills it. `stop` overrides the rules'
+        stopping point (the coarse pass of the prefilter). With a `window`, each peak's
+        probability is carried only inside its window at every layer (what leaves it is
+        dropped) and the maps are zero outside it."""
         graph, ops = self.graph, self.graph.ops
         stop = self.stop_index(stop)
         if window is None:
-            f = slice(frame, frame + 1)
-            local = lambda t: t[f]  # noqa: E731  (the frame's tape, broadcast over the K peaks)
+            if isinstance(frame, int):
+                f = slice(frame, frame + 1)
+                local = lambda t: t[f]  # noqa: E731  (the frame's tape, broadcast over the K peaks)
+            else:
+                local = lambda t: t.index_select(0, frame)  # noqa: E731  (each peak's frame)
             p0 = seeds.contiguous(memory_format=self.fmt)
         else:
             if self.rules.maxpool == "argmax" or self.rules.residual == "split":
                 raise ValueError("windowed back-propagation supports the sum max-pool and merged/copy residual rules")
-            # the frame's tape in each peak's window
-            local = lambda t: window.crop(t[frame]).contiguous(memory_format=self.fmt)  # noqa: E731
+            frames = frame if isinstance(frame, torch.Tensor) else \
+                torch.full((seeds.shape[0],), frame, dtype=torch.int64, device=seeds.device)
+            # each peak's frame of the tape, in its window
+            local = lambda t: window.crop(t, frames).contiguous(memory_format=self.fmt)  # noqa: E731
             p0 = window.crop_each(seeds).contiguous(memory_format=self.fmt)
         prob: dict[int, torch.Tensor] = {graph.peak: p0.to(self.dtype)}
         ratio: dict[int, torch.Tensor] = {}  # P/Z handed straight to a conv (absorbed or fused)

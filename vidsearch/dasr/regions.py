@@ -35,20 +35,24 @@ def find_peaks(mean_map: torch.Tensor, mode: str, max_peaks: int = 0) -> tuple[t
     return pos[order], scores[order]
 
 
-def make_seeds(x: torch.Tensor, pos: torch.Tensor, mode: str, mass: float = 1.0) -> torch.Tensor:
-    """Seeds P(B) at the peak layer, one per peak: (K, C, h, w), zero but at the peak.
+def make_seeds(x: torch.Tensor, pos: torch.Tensor, mode: str, mass: float = 1.0,
+               frame: torch.Tensor | None = None) -> torch.Tensor:
+    """Seeds P(B) at the peak layer, one per peak: (K, C, h, w), zero but at the peak. `x` is
+    one frame's peak layer (C, h, w), or with `frame` (K,) the batch's (B, C, h, w) and the
+    frame of each peak.
 
     activations: the activations X[:, i, j] of all channels at the peak (paper).
     uniform: 1/C on every channel at the peak (the released code's mean-map gradient).
     Each seed is scaled to total `mass` (fp16 needs ~H·W to avoid underflow).
     """
-    c, h, w = x.shape
+    c, h, w = x.shape[-3:]
     k = pos.shape[0]
     seeds = torch.zeros(k, c, h, w, dtype=x.dtype, device=x.device)
     rows, cols = pos[:, 0], pos[:, 1]
     ar = torch.arange(k, device=x.device)
     if mode == "activations":
-        vec = x[:, rows, cols].T.clamp(min=0)  # (K, C)
+        vec = x[:, rows, cols].T if frame is None else x[frame, :, rows, cols]  # (K, C)
+        vec = vec.clamp(min=0)
         vec = torch.where(vec.sum(1, keepdim=True) > 0, vec, torch.ones_like(vec))
     else:
         vec = torch.ones(k, c, dtype=x.dtype, device=x.device)
