@@ -237,10 +237,11 @@ class Engine:
                        extra, kind=kind.cpu().numpy())
 
     def _chunk(self, tape: Tape) -> int:
-        """Peaks per back-propagation: the device's (or preset's) number for whole frames, more
-        where spatial windows make each peak's pass smaller (its memory is that of its window)."""
-        if self.preset.peak_chunk:
-            return self.preset.peak_chunk
+        """Peaks per back-propagation: the device's (or preset's) number for whole frames; on a
+        GPU more where spatial windows make each peak's pass smaller (its memory is that of its
+        window). Not on the CPU: larger batches there only add memory traffic."""
+        if self.preset.peak_chunk or self.device.type == "cpu":
+            return self.peak_chunk
         h, w = tape.values[0].shape[-2:]
         hp, wp = tape.values[self.graph.peak].shape[-2:]
         cells = min(2 * self.preset.window + 1, hp) * min(2 * self.preset.window + 1, wp) if self.preset.window > 0 else hp * wp
