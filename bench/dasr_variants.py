@@ -43,7 +43,7 @@ def variant_preset(text: str):
     return with_overrides(load_preset(name), overrides)
 
 
-SKIMAGE = ("rocket", "coffee", "astronaut", "chelsea", "immunohistochemistry", "hubble_deep_field", "motorcycle_left")
+SKIMAGE = ("rocket", "coffee", "astronaut", "chelsea", "immunohistochemistry", "hubble_deep_field", "retina")  # all in every scikit-image
 
 
 def pick_frames(data: str, n: int) -> list[np.ndarray]:

