@@ -192,9 +192,8 @@ class Engine:
         t = self._tick("peaks", t)
         pos = torch.cat(all_pos)
         scores = torch.cat(all_scores).float()
-        frame = torch.repeat_interleave(torch.arange(len(counts), device=self.device),
-                                        torch.tensor(counts, device=self.device))
-        first = np.repeat(np.arange(len(counts)), counts)  # the same on the host: which chunks hold one frame
+        peak_frame = np.repeat(np.arange(len(counts)), counts)  # on the host too: which chunks hold one frame
+        frame = torch.from_numpy(peak_frame).to(self.device)
         chunk = self._chunk(tape)
         all_boxes = []
         for c in range(0, pos.shape[0], chunk):
@@ -204,9 +203,10 @@ class Engine:
                 # a few batch sizes only: cuDNN plans its kernels anew for each new shape, which
                 # on a stream of frames with ever-different peak counts costs more than the work
                 part = torch.cat([part, part[-1:].expand(_bucket(k, chunk) - k)])
-            one = first[c] == first[c + k - 1]
+            one = peak_frame[c] == peak_frame[c + k - 1]
             seeds = make_seeds(peak_map, pos[part], p.seed, mass, frame=frame[part])
-            maps = tape.backprop(int(first[c]) if one else frame[part], seeds, window=tape.window(pos[part], p.window))
+            maps = tape.backprop(int(peak_frame[c]) if one else frame[part], seeds,
+                                 window=tape.window(pos[part], p.window))
             all_boxes.append(maps_to_boxes(maps, p.threshold, p.tau, p.percentile)[:k])
         t = self._tick("backprop", t)
         boxes = torch.cat(all_boxes)
@@ -242,10 +242,12 @@ class Engine:
         window). Not on the CPU: larger batches there only add memory traffic."""
         if self.preset.peak_chunk or self.device.type == "cpu":
             return self.peak_chunk
+        # the window the passes will use (None where windows do not apply to this frame size)
+        win = tape.window(torch.zeros(1, 2, dtype=torch.int64, device=self.device), self.preset.window)
+        if win is None:
+            return self.peak_chunk
         h, w = tape.values[0].shape[-2:]
-        hp, wp = tape.values[self.graph.peak].shape[-2:]
-        cells = min(2 * self.preset.window + 1, hp) * min(2 * self.preset.window + 1, wp) if self.preset.window > 0 else hp * wp
-        return self.peak_chunk * max(1, (hp * wp) // cells)
+        return self.peak_chunk * max(1, (h * w) // (win.h * win.w))
 
     def _prefilter(self, tape: Tape, b: int, peak_map: torch.Tensor, pos: torch.Tensor, scores: torch.Tensor,
                    mass: float) -> torch.Tensor:
