@@ -138,7 +138,7 @@ def test_parallel_decoding_matches_sequential(tmp_path, frames):
     path = write_video(tmp_path / "cfr.mp4", frames, Fraction(24))
     one = list(open_source(path, "decord", 96).frames(Sampler(every_n=3)))
     src = open_source(path, "decord", 96, workers=2)
-    src.chunk = 5  # many small runs over two processes
+    src.chunk = 5  # many small runs over two threads
     two = list(src.frames(Sampler(every_n=3)))
     assert [f.index for f in two] == [f.index for f in one] == list(range(0, 96, 3))
     assert all(np.array_equal(a.image, b.image) for a, b in zip(one, two))

@@ -64,7 +64,7 @@ def index(
     decoder: str = typer.Option("decord", "--decoder", help="decord | pyav"),
     weights: Optional[str] = WEIGHTS,
     wait: float = typer.Option(0.0, "--wait", min=0, help="Seconds to wait for another writer."),
-    decode_workers: Optional[int] = typer.Option(None, "--decode-workers", help="Decoding processes (default: 1 on small machines, up to 8)."),
+    decode_workers: Optional[int] = typer.Option(None, "--decode-workers", help="Decoding threads (default: 1 on small machines, up to 8)."),
     proxy_of: List[Path] = typer.Option([], "--proxy-of", help="The videos are proxies: their camera originals are in this folder (found by name, e.g. clip.mov for clip_proxy.mp4); results point at the originals."),
     ray: bool = typer.Option(False, "--ray", help="Extract on Ray Data (pip install 'vidsearch[ray]'), on a Ray started on this machine unless --ray-address says which cluster."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Implies --ray: 'auto' (the cluster this machine is in) or a cluster address; the library must be on storage every node sees."),

@@ -264,7 +264,8 @@ _WORKER_READERS: dict = {}
 
 
 def decode_run(path: str, indices: list[int], width: int, height: int) -> np.ndarray:
-    """In a worker process: decode one run of frames (one seek, then forward)."""
+    """In a worker process (Ray's decode tasks): decode one run of frames (one seek, then
+    forward), the reader kept for the process's next run of the same file."""
     key = (path, width, height)
     if key not in _WORKER_READERS:
         decord = import_decord()
@@ -274,7 +275,7 @@ def decode_run(path: str, indices: list[int], width: int, height: int) -> np.nda
 
 
 def default_workers() -> int:
-    """Decode processes: none extra on small machines, up to 8 where there are many cores."""
+    """Decode threads: none extra on small machines, up to 8 where there are many cores."""
     cores = os.cpu_count() or 1
     return 1 if cores <= 4 else min(8, cores // 2)
 
@@ -282,31 +283,52 @@ def default_workers() -> int:
 class DecordSource:
     """decord (the maintained decord2 fork): decoder-side scaling, batched sequential reads.
 
-    With workers > 1 the wanted frames are split into runs of `chunk` frames decoded in worker
-    processes (each run: one seek to the keyframe before it, then forward), at most 2 runs per
-    worker in flight, and handed on in order."""
+    With workers > 1 the wanted frames are split into runs of `chunk` frames decoded in threads
+    (each run: one seek to the keyframe before it, then forward), at most 2 runs per thread in
+    flight, and handed on in order."""
 
     def __init__(self, info: VideoInfo, long_side: int | None = None, chunk: int = 32, workers: int = 1) -> None:
         self.info, self.long_side, self.chunk, self.workers = info, long_side, chunk, max(1, workers)
         self.stopped_at: str | None = None
 
     def _parallel(self, runs: list[list[int]], w: int, h: int) -> Iterator[tuple[list[int], np.ndarray]]:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
+        """Runs decoded in threads, each with its own reader: decord's calls go through ctypes,
+        which lets go of the GIL, so threads decode in parallel without the start of a process
+        per worker (spawned workers re-ran the CLI's imports, seconds each, for every video)."""
+        import threading
+        from concurrent.futures import ThreadPoolExecutor
 
-        with ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn")) as pool:
+        decord = import_decord()
+        path = str(self.info.path)
+        local = threading.local()
+        readers = []  # every thread's reader, closed when the pool is done
+
+        def decode(idx: list[int]) -> np.ndarray:
+            vr = getattr(local, "reader", None)
+            if vr is None:
+                vr = local.reader = decord.VideoReader(path, ctx=decord.cpu(0), width=w, height=h, num_threads=1)
+                readers.append(vr)
+            return vr.get_batch(idx).asnumpy()
+
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="decode")
+        try:
             pending = []
             runs_iter = iter(runs)
             for idx in runs_iter:
-                pending.append((idx, pool.submit(decode_run, str(self.info.path), idx, w, h)))
+                pending.append((idx, pool.submit(decode, idx)))
                 if len(pending) >= 2 * self.workers:
                     break
             while pending:
                 idx, fut = pending.pop(0)
                 nxt = next(runs_iter, None)
                 if nxt is not None:
-                    pending.append((nxt, pool.submit(decode_run, str(self.info.path), nxt, w, h)))
+                    pending.append((nxt, pool.submit(decode, nxt)))
                 yield idx, fut.result()
+        finally:
+            for _, fut in pending:  # a consumer that stops early (or an error): no more runs
+                fut.cancel()
+            pool.shutdown(wait=True)
+            readers.clear()
 
     def open(self):
         """decord's reader at the decode size (decord2 applies the display matrix itself: ask for
