@@ -95,7 +95,9 @@ def layout_index(lib: Library, preset: Preset, seed: int = 1):
         invlists.add_entries(li, len(part), faiss.swig_ptr(part), faiss.swig_ptr(codes))
     index.ntotal = len(ids)
     wanted = fi.manifest_wanted(videos, None)
-    fi.save_index(lib.index_dir, index, fi.IndexState(0, wanted["videos"], kind, trained_on=total))
+    counts = {v.id: v.regions for v in videos}
+    fi.save_index(lib.index_dir, index, fi.IndexState(0, wanted["videos"], kind, trained_on=total),
+                  fi.draw_background(lib.shards, None, counts))
 
 
 def queries(lib: Library, count: int, seed: int = 2) -> list[np.ndarray]:
@@ -110,9 +112,22 @@ def queries(lib: Library, count: int, seed: int = 2) -> list[np.ndarray]:
     return out
 
 
-def time_search(lib: Library, index, qs: list[np.ndarray], scan_only: bool = False) -> dict:
+def drop_page_cache() -> bool:
+    """Empty the kernel's page cache (needs root), so the next read comes from the disk."""
+    import os
+
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("1")
+        return True
+    except OSError:
+        return False
+
+
+def time_search(lib: Library, index, qs: list[np.ndarray], scan_only: bool = False, cold: bool = False) -> dict:
     """find's search per query (or with scan_only FAISS's first scan alone, k = 1024), and how many
-    candidates exact re-scoring read from the shards."""
+    candidates exact re-scoring read from the shards. cold: the page cache emptied before each
+    query, as where the shards and index are larger than memory."""
     lat, hits, rescored = [], [], []
     exact = lib.exact_scores
 
@@ -124,6 +139,8 @@ def time_search(lib: Library, index, qs: list[np.ndarray], scan_only: bool = Fal
     try:
         for q in qs:
             rescored.append(0)
+            if cold and not drop_page_cache():
+                raise SystemExit("--cold needs root (it writes /proc/sys/vm/drop_caches)")
             t0 = time.perf_counter()
             if scan_only:
                 index.search(q[None], 1024)
@@ -134,7 +151,17 @@ def time_search(lib: Library, index, qs: list[np.ndarray], scan_only: bool = Fal
         del lib.exact_scores
     return {"median_ms": 1000 * float(np.median(lat)), "p90_ms": 1000 * float(np.percentile(lat, 90)),
             "region_hits": float(np.median(hits)) if hits else None, "rescored": float(np.median(rescored)),
-            "scan_only": scan_only}
+            "scan_only": scan_only, "cold": cold}
+
+
+def time_search_drawn(lib: Library, index, qs: list[np.ndarray], cold: bool) -> dict:
+    """find's search with the background drawn from the shards for each query, as before it was
+    stored beside the index (20,000 rows read from the shards per query)."""
+    lib.background = lambda: fi.draw_background(lib.shards, lib.index_whitening, lib.index_regions)
+    try:
+        return time_search(lib, index, qs, cold=cold)
+    finally:
+        del lib.background
 
 
 def whole_shard_reads(self: Shards, video_id: int, rows: np.ndarray) -> np.ndarray:
@@ -142,7 +169,7 @@ def whole_shard_reads(self: Shards, video_id: int, rows: np.ndarray) -> np.ndarr
 
 
 def bench_size(root: Path, n: int, preset: Preset, layout: bool, compare_layout: bool, whole: bool,
-               nq: int, scan_only: bool = False) -> dict:
+               nq: int, scan_only: bool = False, drawn: bool = False, cold: bool = False) -> dict:
     import faiss
 
     t0 = time.perf_counter()
@@ -179,7 +206,10 @@ def bench_size(root: Path, n: int, preset: Preset, layout: bool, compare_layout:
         entry = {"build_s": builds[name], "index": f"{manifest['kind']} nlist {fi.ivf_nlist(n)}"
                  if manifest["kind"] != "flat" else "flat",
                  "index_mb": (lib.index_dir / manifest["file"]).stat().st_size / 1e6,
-                 "load_full_s": load_full_s, "load_s": load_s, **time_search(lib, index, qs, scan_only and name == "layout")}
+                 "load_full_s": load_full_s, "load_s": load_s,
+                 **time_search(lib, index, qs, scan_only and name == "layout", cold and not scan_only)}
+        if drawn and not scan_only:
+            entry["drawn_background"] = time_search_drawn(lib, index, qs, cold)
         if whole:
             real = Shards.desc_rows
             Shards.desc_rows = whole_shard_reads
@@ -220,6 +250,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--scan-only", action="store_true",
                     help="layout rows: time FAISS's scan alone (random codes make the candidates for re-scoring meaningless)")
+    ap.add_argument("--compare-drawn-background", action="store_true",
+                    help="also search with the background sample drawn from the shards per query, as before it was stored")
+    ap.add_argument("--cold", action="store_true", help="empty the page cache before each query (needs root)")
     ap.add_argument("--dir", help="where the libraries go (50M regions need about 35 GB)")
     ap.add_argument("--json")
     args = ap.parse_args()
@@ -229,22 +262,24 @@ def main() -> None:
         root = Path(tempfile.mkdtemp(prefix="vidsearch-archive-", dir=args.dir))
         try:
             report["sizes"].append(bench_size(root / "lib", int(n), preset, args.layout_only, args.compare_layout,
-                                              args.compare_whole_shards, args.queries, args.scan_only))
+                                              args.compare_whole_shards, args.queries, args.scan_only,
+                                              args.compare_drawn_background, args.cold))
         finally:
             shutil.rmtree(root, ignore_errors=True)
     lines = ["| regions | index | built as | build s | index MB | load s, whole / find's | search median ms | p90 ms | "
-             "re-scored | median ms, whole-shard reads | add 1 h in place s | full rebuild s | remove in place s |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "re-scored | median ms, whole-shard reads | median ms, background drawn per query | add 1 h in place s | full rebuild s | remove in place s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["sizes"]:
         for name in ("real", "layout"):
             if name in r:
                 e = r[name]
                 whole = f"{e['whole_shards']['median_ms']:.0f}" if "whole_shards" in e else "-"
+                drawn = f"{e['drawn_background']['median_ms']:.0f}" if "drawn_background" in e else "-"
                 extra = [f"{r[k]:.1f}" if k in r and name == "real" else "-"
                          for k in ("add_in_place_s", "add_full_rebuild_s", "remove_in_place_s")]
                 lines.append(f"| {r['regions']:,} | {e['index']} | {name} | {e['build_s']:.0f} | {e['index_mb']:.0f} | "
                              f"{e.get('load_full_s', float('nan')):.2f} / {e['load_s']:.2f} | {e['median_ms']:.0f}"
-                             f"{' (scan only)' if e.get('scan_only') else ''} | {e['p90_ms']:.0f} | {e.get('rescored', '-')} | {whole} | "
+                             f"{' (scan only)' if e.get('scan_only') else ''}{' (cold)' if e.get('cold') else ''} | {e['p90_ms']:.0f} | {e.get('rescored', '-')} | {whole} | {drawn} | "
                              + " | ".join(extra) + " |")
     print("\n".join(lines))
     if args.json:

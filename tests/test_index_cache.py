@@ -164,3 +164,66 @@ def test_exact_rescoring_reads_the_rows_it_needs_from_the_shards(tmp_path, monke
     lib.load_index()
     q = vec[250]
     np.testing.assert_allclose(lib.exact_scores((np.int64(vid) << 32) | rows, q), full[rows].astype(np.float32) @ q, rtol=1e-6)
+
+
+def test_an_ivf_keeps_its_background_sample_beside_it_and_a_reader_reads_it_from_there(tmp_path, monkeypatch):
+    """find's automatic threshold scores each query against a fixed uniform sample of regions; for
+    an IVF their exact vectors are drawn from the shards once, when the index is saved, and stored
+    beside it (random reads of 20,000 shard rows per query otherwise)."""
+    from vidsearch.library import faiss_index
+    from vidsearch.search import background_stats
+
+    def backgrounds(lib: Library) -> list[str]:
+        return sorted(p.name for p in lib.index_dir.glob("*.background.npy"))
+
+    lib = Library.open(tmp_path / "lib", create=True)
+    with lib.writer():
+        lib.adopt_preset(Preset(name="t", whiten=False, index_type="ivf"))
+        a, va = commit_random_video(lib, "a", n=14000, seed=1)
+        b, vb = commit_random_video(lib, "b", n=9000, seed=2)
+        lib.load_index(save=True)
+    name = manifest(lib)["file"].removesuffix(".faiss") + ".background.npy"
+    assert backgrounds(lib) == [name]
+
+    # what the threshold scored before: the sampled regions' exact vectors, read from the shards
+    ids = sample_region_ids({a: 14000, b: 9000}, 20000, seed=0)
+    want = np.concatenate([va, vb])[np.where(ids >> 32 == a, ids & 0xFFFFFFFF, 14000 + (ids & 0xFFFFFFFF))]
+    q = vb[77]
+    s = want @ q
+    med = float(np.median(s))
+
+    reader = Library.open(tmp_path / "lib")
+    monkeypatch.setattr(faiss_index, "draw_background", lambda *a: pytest.fail("drawn from the shards"))
+    index, _ = reader.load_index()
+    np.testing.assert_array_equal(reader.background(), want)
+    got = background_stats(index, q, reader.background())
+    assert got == pytest.approx((med, float(np.median(np.abs(s - med))) * 1.4826), rel=1e-5)
+    assert search(reader, index, q).segments[0].best.score == pytest.approx(1.0, abs=1e-3)
+    with pytest.raises(ValueError, match="background"):  # an IVF's codes are not its background
+        background_stats(index, q)
+    monkeypatch.undo()
+
+    (lib.index_dir / name).write_bytes(b"not an array")  # a damaged one: drawn again, the same
+    reader = Library.open(tmp_path / "lib")
+    reader.load_index()
+    np.testing.assert_array_equal(reader.background(), want)
+
+    with lib.writer():  # the library changes: a new draw over today's videos, the old file goes
+        c, vc = commit_random_video(lib, "c", n=3000, seed=3)
+        lib.remove_video(a)
+        lib.load_index(save=True)
+    assert backgrounds(lib) == [manifest(lib)["file"].removesuffix(".faiss") + ".background.npy"] != [name]
+    ids = sample_region_ids({b: 9000, c: 3000}, 20000, seed=0)
+    assert len(ids) == 12000  # fewer regions than the sample: every one
+    reader = Library.open(tmp_path / "lib")
+    reader.load_index()
+    np.testing.assert_array_equal(reader.background(), np.concatenate([vb, vc]))
+
+
+def test_a_flat_index_is_its_own_background(tmp_path):
+    lib = Library.open(tmp_path / "lib", create=True)
+    with lib.writer():
+        lib.adopt_preset(Preset(name="t", whiten=False, index_type="flat"))
+        commit_random_video(lib, "a", n=500, seed=1)
+        lib.load_index(save=True)
+    assert lib.background() is None and not list(lib.index_dir.glob("*.background.npy"))

@@ -8,6 +8,7 @@ import numpy as np
 
 from .dasr.views import KIND_FRAME, KIND_REGION
 from .library import Library, VideoRow
+from .library.faiss_index import is_exact
 from .timecode import parse_rate, seconds_to_tc
 
 
@@ -86,38 +87,32 @@ def fuse(vectors: list[np.ndarray]) -> np.ndarray:
     return (q / max(np.linalg.norm(q), 1e-12)).astype(np.float32)
 
 
-def is_exact(index) -> bool:
-    """Whether the index holds exact vectors (flat) rather than IVF codes."""
-    import faiss
-
-    return faiss.try_extract_index_ivf(index) is None
-
-
 def as_views(q: np.ndarray) -> np.ndarray:
     """A query as (V, D) float32: one row per view (a single vector is one view)."""
     return np.ascontiguousarray(np.atleast_2d(q), dtype=np.float32)
 
 
-def background_stats(index, q: np.ndarray, sample: int = 20000, seed: int = 0, exact=None,
-                     sample_ids=None) -> tuple[float, float]:
+def background_stats(index, q: np.ndarray, background: np.ndarray | None = None, sample: int = 20000,
+                     seed: int = 0) -> tuple[float, float]:
     """Median and robust sigma (1.4826 MAD) of the query's scores (best view per region) against
-    a random sample of regions: true matches are too few to move either much. For an index of
-    approximate codes, `exact` scores and `sample_ids(n, seed)` draws the sampled regions."""
+    a random sample of regions: true matches are too few to move either much. An index of exact
+    vectors gives the sample itself; for one of approximate codes, `background` holds the
+    sample's exact vectors (Library.background)."""
     import faiss
 
     q = as_views(q)
-    if exact is None:
+    if background is None:
+        if not is_exact(index):
+            raise ValueError("an index of approximate codes needs the background's exact vectors")
         n = index.ntotal
         pos = np.sort(np.random.default_rng(seed).choice(n, min(n, sample), replace=False)).astype(np.int64)
-        s = (faiss.downcast_index(index.index).reconstruct_batch(pos) @ q.T).max(1)
-    else:  # approximate codes: score the sampled regions from their stored vectors
-        ids = sample_ids(sample, seed)
-        s = np.max([exact(ids, v) for v in q], axis=0)
+        background = faiss.downcast_index(index.index).reconstruct_batch(pos)
+    s = (background @ q.T).max(1)
     med = float(np.median(s))
     return med, max(float(np.median(np.abs(s - med))) * 1.4826, 1e-3)
 
 
-def auto_threshold(index, q: np.ndarray, exact=None, sample_ids=None) -> tuple[float, str | None]:
+def auto_threshold(index, q: np.ndarray, background: np.ndarray | None = None) -> tuple[float, str | None]:
     """A frame counts when its best region beats the background by 3 robust sigmas and is within
     60 % of the best match in the library; 6 sigmas always count. Measured on generated videos:
     true frames score 0.45-0.67, background regions <= 0.13 (Lite0, 512 px, no whitening).
@@ -125,7 +120,7 @@ def auto_threshold(index, q: np.ndarray, exact=None, sample_ids=None) -> tuple[f
     The background is the library's own regions, so in a small library filled with one scene
     (the object in every frame) it is the object's own surroundings and can sit above every
     match. The best match is then still returned, with a note saying why it may be alone."""
-    med, sigma = background_stats(index, q, exact=exact, sample_ids=sample_ids)
+    med, sigma = background_stats(index, q, background)
     best = float(index.search(as_views(q), 1)[0][:, 0].max())
     rule = max(med + 3 * sigma, min(med + 6 * sigma, 0.6 * best))
     if rule <= best:
@@ -245,7 +240,7 @@ def search(lib: Library, index, q: np.ndarray, top: int = 20, min_score: float |
 
         preset = lib.preset()
         faiss.extract_index_ivf(index).nprobe = preset.nprobe if preset else 32
-    threshold, note = auto_threshold(index, q, exact, lib.sample_region_ids) if min_score is None else (min_score, None)
+    threshold, note = auto_threshold(index, q, lib.background()) if min_score is None else (min_score, None)
     scores, ids = retrieve(index, q, threshold, exact=exact)
     shards = {int(v): lib.load_shard(int(v), SEARCH_FIELDS) for v in np.unique(ids >> 32)}
     segments: list[Segment] = []

@@ -71,6 +71,13 @@ def sample_region_ids(counts: dict[int, int], n: int, seed: int = 0) -> np.ndarr
     return (vids[which] << np.int64(32)) | rows
 
 
+def is_exact(index) -> bool:
+    """Whether the index holds exact vectors (flat) rather than IVF codes."""
+    import faiss
+
+    return faiss.try_extract_index_ivf(index) is None
+
+
 def index_kind(total: int, preset: Preset | None) -> str:
     """flat, ivf or ivfpq for a library of `total` regions (what `auto` means by size)."""
     kind = preset.index_type if preset else "flat"
@@ -177,10 +184,10 @@ def _read(index_dir: Path, cached: dict, mapped: bool = False):
 
 
 def current_index(index_dir: Path, shards: Shards, videos, w: Whitening | None, preset: Preset | None):
-    """(index, state): the cached index and None when it holds `videos` with whitening `w`;
-    else the cache brought up to date in place where it can be (the regions of removed or
-    changed videos taken out, those of new ones added), or a fresh build; with the IndexState
-    to save."""
+    """(index, state, file): the cached index, None and its file name when it holds `videos`
+    with whitening `w`; else the cache brought up to date in place where it can be (the regions
+    of removed or changed videos taken out, those of new ones added), or a fresh build; with the
+    IndexState to save and no file."""
     import faiss
 
     wanted = manifest_wanted(videos, w)
@@ -188,12 +195,12 @@ def current_index(index_dir: Path, shards: Shards, videos, w: Whitening | None, 
     if "file" in cached and cached.get("whitening") == wanted["whitening"] and cached.get("videos") == wanted["videos"]:
         index = _read(index_dir, cached, mapped=True)  # only searched from here on
         if index is not None:
-            return index, None
+            return index, None, cached["file"]
     kind = index_kind(sum(v.regions for v in videos), preset)
     plan = _update_plan(cached, wanted, kind) if "file" in cached else None
     index = _read(index_dir, cached) if plan is not None else None
     if index is None:
-        return build_index(shards, videos, w, preset)
+        return (*build_index(shards, videos, w, preset), None)
     remove, add, added = plan
     if remove:
         gone = np.concatenate([region_ids(v, cached["videos"][str(v)]) for v in remove])
@@ -202,10 +209,12 @@ def current_index(index_dir: Path, shards: Shards, videos, w: Whitening | None, 
         vec = vectors_of(shards, vid, w)
         if len(vec):
             index.add_with_ids(np.ascontiguousarray(vec), region_ids(vid, len(vec)))
-    return index, IndexState(wanted["whitening"], wanted["videos"], kind, cached.get("trained_on", 0), added)
+    return index, IndexState(wanted["whitening"], wanted["videos"], kind, cached.get("trained_on", 0), added), None
 
 
-def save_index(index_dir: Path, index, state: IndexState) -> None:
+def save_index(index_dir: Path, index, state: IndexState, background: np.ndarray | None = None) -> str:
+    """Write the index (and, for an IVF, its background sample) under a name of its content,
+    then the manifest naming it; remove the files of earlier indexes. Returns the file name."""
     import faiss
 
     index_dir.mkdir(exist_ok=True)
@@ -214,24 +223,71 @@ def save_index(index_dir: Path, index, state: IndexState) -> None:
     name = f"{digest}.faiss"
     with atomic_path(index_dir / name) as tmp:
         faiss.write_index(index, str(tmp))
+    if background is not None:
+        with atomic_path(index_dir / _background_name(name)) as tmp:
+            with open(tmp, "wb") as f:
+                np.save(f, np.ascontiguousarray(background, dtype=np.float32))
     with atomic_path(index_dir / "manifest.json") as tmp:
         tmp.write_text(json.dumps({**content, "file": name}))
-    for old in index_dir.glob("*.faiss"):
-        if old.name != name:
+    keep = {name, _background_name(name)}
+    for old in [*index_dir.glob("*.faiss"), *index_dir.glob("*.background.npy")]:
+        if old.name not in keep:
             try:
                 old.unlink(missing_ok=True)
             except OSError:
                 pass  # still mapped by a reader where that forbids removal: the next save removes it
+    return name
 
 
-def exact_scores(shards: Shards, w: Whitening | None, ids: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Scores of regions recomputed from the stored descriptors (re-scoring IVF hits), reading
-    only their rows of each shard."""
-    out = np.empty(len(ids), dtype=np.float32)
+def _exact_rows(shards: Shards, w: Whitening | None, ids: np.ndarray):
+    """(positions in ids, their vectors as the index holds them) per video, reading only the
+    rows wanted of each shard."""
     vids = ids >> 32
     for vid in np.unique(vids):
         sel = np.nonzero(vids == vid)[0]
         desc = shards.desc_rows(int(vid), ids[sel] & 0xFFFFFFFF).astype(np.float32)
-        vec = w.apply(desc) if w is not None else desc
+        yield sel, (w.apply(desc) if w is not None else desc)
+
+
+def exact_scores(shards: Shards, w: Whitening | None, ids: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """Scores of regions recomputed from the stored descriptors (re-scoring IVF hits)."""
+    out = np.empty(len(ids), dtype=np.float32)
+    for sel, vec in _exact_rows(shards, w, ids):
         out[sel] = vec @ q
     return out
+
+
+def exact_vectors(shards: Shards, w: Whitening | None, ids: np.ndarray) -> np.ndarray:
+    """The vectors of regions as the index holds them, exact, from the shards."""
+    out = None
+    for sel, vec in _exact_rows(shards, w, ids):
+        out = np.empty((len(ids), vec.shape[1]), dtype=np.float32) if out is None else out
+        out[sel] = vec
+    return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+# find's automatic threshold scores each query against a fixed uniform sample of the library's
+# regions (search.background_stats). For an IVF the exact vectors come from the shards: random
+# rows of many files, random disk reads once the shards outgrow memory (every query, 20,000 rows).
+# So the sample is drawn when the index is saved and kept beside it, read in one piece.
+BACKGROUND = 20_000
+
+
+def draw_background(shards: Shards, w: Whitening | None, counts: dict[int, int]) -> np.ndarray:
+    """The exact vectors of BACKGROUND regions drawn uniformly (always the same draw for the same
+    videos), from the shards."""
+    return exact_vectors(shards, w, sample_region_ids(counts, BACKGROUND, seed=0))
+
+
+def _background_name(index_file: str) -> str:
+    return index_file.removesuffix(".faiss") + ".background.npy"
+
+
+def read_background(index_dir: Path, index_file: str, counts: dict[int, int], dim: int) -> np.ndarray | None:
+    """The background stored with an index file, or None where it is missing or does not fit."""
+    try:
+        vec = np.load(index_dir / _background_name(index_file))
+    except Exception:
+        return None
+    want = (min(BACKGROUND, sum(counts.values())), dim)
+    return vec if vec.shape == want and vec.dtype == np.float32 else None

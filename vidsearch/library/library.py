@@ -60,6 +60,7 @@ class Library:
         self._lock = WriterLock(root)
         self.index_whitening: Whitening | None = None  # what the index load_index returned was built with
         self.index_regions: dict[int, int] = {}  # and the regions of each video it holds
+        self._background: np.ndarray | None = None  # and its background sample (an IVF's)
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -243,8 +244,9 @@ class Library:
         """The FAISS index of every readable video, for searching: the cache when it is current
         (an IVF's lists mapped from the file, not loaded), else the cache brought up to date in
         place or rebuilt from the shards (faiss_index.current_index), and saved when this
-        process is the writer."""
+        process is the writer. For an IVF, `background()` then gives its background sample."""
         videos, _ = self.readable_videos()
+        self._background = None
         if not videos:
             return None, videos
         w = self.whitening()
@@ -252,14 +254,20 @@ class Library:
         # must use the whitening this index was built with, not a later read of the file.
         self.index_whitening = w
         self.index_regions = {v.id: v.regions for v in videos}
-        index, state = faiss_index.current_index(self.index_dir, self.shards, videos, w, self.preset())
+        index, state, name = faiss_index.current_index(self.index_dir, self.shards, videos, w, self.preset())
+        if not faiss_index.is_exact(index):
+            if name is not None:
+                self._background = faiss_index.read_background(self.index_dir, name, self.index_regions, index.d)
+            if self._background is None:
+                self._background = faiss_index.draw_background(self.shards, w, self.index_regions)
         if state is not None and save and self._lock.held:
-            faiss_index.save_index(self.index_dir, index, state)
+            faiss_index.save_index(self.index_dir, index, state, self._background)
         return index, videos
 
-    def sample_region_ids(self, n: int, seed: int = 0) -> np.ndarray:
-        """Up to n region ids drawn uniformly from the index load_index returned."""
-        return faiss_index.sample_region_ids(self.index_regions, n, seed)
+    def background(self) -> np.ndarray | None:
+        """The exact vectors of a fixed uniform sample of the regions of the IVF load_index
+        returned (what find's automatic threshold scores a query against), None for a flat one."""
+        return self._background
 
     def verify(self) -> list[str]:
         """Invariants a crash must never break; returns what is wrong (empty = consistent)."""
