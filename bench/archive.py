@@ -154,14 +154,24 @@ def time_search(lib: Library, index, qs: list[np.ndarray], scan_only: bool = Fal
             "scan_only": scan_only, "cold": cold}
 
 
-def time_search_drawn(lib: Library, index, qs: list[np.ndarray], cold: bool) -> dict:
-    """find's search with the background drawn from the shards for each query, as before it was
-    stored beside the index (20,000 rows read from the shards per query)."""
-    lib.background = lambda: fi.draw_background(lib.shards, lib.index_whitening, lib.index_regions)
+def time_search_before(lib: Library, index, qs: list[np.ndarray], cold: bool, drawn: bool, read_around: bool) -> dict:
+    """find's search as before either change: drawn, the background drawn from the shards for
+    each query, as before it was stored beside the index (20,000 rows read per query);
+    read_around: shard rows read with the kernel's read-around, as before desc_rows asked for
+    random access."""
+    from vidsearch.library import shards
+
+    if drawn:
+        lib.background = lambda: fi.draw_background(lib.shards, lib.index_whitening, lib.index_regions)
+    real = shards.mmap
+    if read_around:
+        shards.mmap = SimpleNamespace()  # no MADV_RANDOM
     try:
         return time_search(lib, index, qs, cold=cold)
     finally:
-        del lib.background
+        if drawn:
+            del lib.background
+        shards.mmap = real
 
 
 def whole_shard_reads(self: Shards, video_id: int, rows: np.ndarray) -> np.ndarray:
@@ -169,7 +179,7 @@ def whole_shard_reads(self: Shards, video_id: int, rows: np.ndarray) -> np.ndarr
 
 
 def bench_size(root: Path, n: int, preset: Preset, layout: bool, compare_layout: bool, whole: bool,
-               nq: int, scan_only: bool = False, drawn: bool = False, cold: bool = False) -> dict:
+               nq: int, scan_only: bool = False, before: bool = False, cold: bool = False) -> dict:
     import faiss
 
     t0 = time.perf_counter()
@@ -208,8 +218,9 @@ def bench_size(root: Path, n: int, preset: Preset, layout: bool, compare_layout:
                  "index_mb": (lib.index_dir / manifest["file"]).stat().st_size / 1e6,
                  "load_full_s": load_full_s, "load_s": load_s,
                  **time_search(lib, index, qs, scan_only and name == "layout", cold and not scan_only)}
-        if drawn and not scan_only:
-            entry["drawn_background"] = time_search_drawn(lib, index, qs, cold)
+        if before and not scan_only:
+            for key, drawn, around in (("read_around", False, True), ("drawn", True, False), ("before", True, True)):
+                entry[key] = time_search_before(lib, index, qs, cold, drawn, around)
         if whole:
             real = Shards.desc_rows
             Shards.desc_rows = whole_shard_reads
@@ -250,8 +261,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=20)
     ap.add_argument("--scan-only", action="store_true",
                     help="layout rows: time FAISS's scan alone (random codes make the candidates for re-scoring meaningless)")
-    ap.add_argument("--compare-drawn-background", action="store_true",
-                    help="also search with the background sample drawn from the shards per query, as before it was stored")
+    ap.add_argument("--compare-before", action="store_true",
+                    help="also search with the shards' rows read with the kernel's read-around, with the background "
+                         "sample drawn from the shards per query, and both (as before)")
     ap.add_argument("--cold", action="store_true", help="empty the page cache before each query (needs root)")
     ap.add_argument("--dir", help="where the libraries go (50M regions need about 35 GB)")
     ap.add_argument("--json")
@@ -263,18 +275,19 @@ def main() -> None:
         try:
             report["sizes"].append(bench_size(root / "lib", int(n), preset, args.layout_only, args.compare_layout,
                                               args.compare_whole_shards, args.queries, args.scan_only,
-                                              args.compare_drawn_background, args.cold))
+                                              args.compare_before, args.cold))
         finally:
             shutil.rmtree(root, ignore_errors=True)
     lines = ["| regions | index | built as | build s | index MB | load s, whole / find's | search median ms | p90 ms | "
-             "re-scored | median ms, whole-shard reads | median ms, background drawn per query | add 1 h in place s | full rebuild s | remove in place s |",
+             "re-scored | median ms, whole-shard reads | median ms, with read-around / background drawn per query / both (before) | add 1 h in place s | full rebuild s | remove in place s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["sizes"]:
         for name in ("real", "layout"):
             if name in r:
                 e = r[name]
                 whole = f"{e['whole_shards']['median_ms']:.0f}" if "whole_shards" in e else "-"
-                drawn = f"{e['drawn_background']['median_ms']:.0f}" if "drawn_background" in e else "-"
+                drawn = " / ".join(f"{e[k]['median_ms']:.0f}" for k in ("read_around", "drawn", "before")) \
+                    if "before" in e else "-"
                 extra = [f"{r[k]:.1f}" if k in r and name == "real" else "-"
                          for k in ("add_in_place_s", "add_full_rebuild_s", "remove_in_place_s")]
                 lines.append(f"| {r['regions']:,} | {e['index']} | {name} | {e['build_s']:.0f} | {e['index_mb']:.0f} | "

@@ -4,6 +4,7 @@ index is rebuilt from."""
 
 from __future__ import annotations
 
+import mmap
 import zipfile
 from pathlib import Path
 
@@ -85,7 +86,13 @@ class Shards:
                 offset = f.tell()
             if fortran or len(shape) != 2:
                 raise ValueError("unexpected layout")
-            return np.array(np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)[rows])
+            desc = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape)
+            mapped = getattr(desc, "_mmap", None)
+            if mapped is not None and hasattr(mmap, "MADV_RANDOM") and len(rows) * 32 < shape[0]:
+                # scattered rows: where the file is not in memory, each would otherwise fault in
+                # the kernel's read-around window (128 KB here), 200x the row (bench/archive.py --cold)
+                mapped.madvise(mmap.MADV_RANDOM)
+            return np.array(desc[rows])
         except (KeyError, ValueError, OSError, zipfile.BadZipFile):
             return self.load(video_id, ("desc",))["desc"][rows]  # any other shard: read whole
 
