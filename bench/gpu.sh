@@ -124,6 +124,8 @@ if part 1; then
     if ls .gpu-data/*.mp4 >/dev/null 2>&1; then
         rm -rf "$WORK/real-lib"
         step real 60 python3 -m vidsearch index .gpu-data/*.mp4 --fps $REAL_FPS --library "$WORK/real-lib" --device $DEV --batch 16
+        # Decoding alone, one thread against index's default (8 on 16 cores), on the longer video.
+        step decode 30 python3 bench/decode.py .gpu-data/intel_bottle-detection.mp4 --fps $REAL_FPS --workers 1 8
     fi
     # 4. The pipeline on generated 1080p video (1 and 2 minutes: linear growth), end to end; under
     #    py-spy where it was carried (.whl/2), so the host side of a slow stage shows where it goes.
@@ -203,7 +205,7 @@ for p in sorted(out.glob("small/small-*.json")):
     result.setdefault("small", {})[p.stem] = json.loads(p.read_text())
 for p in sorted(out.glob("more/small-*.json")):
     result.setdefault("small-more", {})[p.stem] = json.loads(p.read_text())
-for name in ("tests", "engine", "real", "pipeline", "search", "compile", "variants", "small", "small-more",
+for name in ("tests", "engine", "real", "decode", "pipeline", "search", "compile", "variants", "small", "small-more",
              "views-cost"):
     log = out / f"{name}.log"
     if log.exists():
