@@ -298,3 +298,15 @@ def test_demo_runs_its_three_steps(tmp_path):
     again = run("demo", "--dir", tmp_path / "demo", "--preset", changed, "--device", "cpu")
     assert "started afresh" in again.output and "3/3" in again.output
     assert "started afresh" not in run("demo", "--dir", tmp_path / "demo", "--preset", changed, "--device", "cpu").output
+
+
+def test_the_cli_starts_without_torch():
+    """Commands that never touch the network (--help, status, list, export, remove) start in a
+    fraction of a second: importing torch and torchvision took 2.4 s of every call."""
+    import subprocess
+    import sys
+
+    code = "import sys, vidsearch.cli; print(sorted(m for m in ('torch', 'torchvision', 'faiss') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.strip() == "[]"

@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vidsearch.dasr.describe import Whitening, l2n, pool_boxes
+from vidsearch.dasr.describe import l2n, pool_boxes
+from vidsearch.dasr.whitening import Whitening
 from vidsearch.dasr.regions import find_peaks, maps_to_boxes, nms
 
 from .helpers import photo_batch

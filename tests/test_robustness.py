@@ -324,7 +324,7 @@ def test_find_uses_the_whitening_its_index_was_built_with(clips, tmp_path, monke
     """A writer may refit whitening.npz between a reader's loading of the index and its search
     (seen once as a ValueError in the test above): the query must still be whitened as the
     index was."""
-    from vidsearch.dasr.describe import Whitening
+    from vidsearch.dasr.whitening import Whitening
 
     library = tmp_path / "lib"
     api.index_videos([str(v) for v in clips["videos"]], str(library), TINY, device="cpu")

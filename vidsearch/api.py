@@ -14,7 +14,6 @@ from .config import Preset, load_preset
 from .dasr.query import query_views
 from .errors import InputError, LibraryError, VidsearchError
 from .library import CATALOG, Library, content_key
-from .refine import RERANK_DEPTH
 from .search import SearchResult, fuse, search
 from .video import Sampler, open_source, probe, read_ahead, read_frame_at
 
@@ -430,6 +429,8 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
         raw = np.stack([fuse([v[0] for v in views])] + [x for v in views for x in v[1:]])
         w = lib.index_whitening  # the one the index was built with, not a later read of the file
         gpu = engine.device.type == "cuda"
+        from .refine import RERANK_DEPTH
+
         depth = RERANK_DEPTH if rerank is None else rerank
         result = search(lib, index, w.apply(raw) if w is not None else raw, top=max(top, depth),
                         min_score=min_score)

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from .config import INDEX_FIELDS, SPEED_FIELDS, Preset, load_preset, with_overrides
-from .dasr.describe import Whitening, l2n
+from .dasr.describe import l2n
+from .dasr.whitening import Whitening
 from .errors import InputError
 from .refine import RERANK_DEPTH, RERANKED
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import Preset
-from ..dasr.describe import Whitening
+from ..dasr.whitening import Whitening
 from .files import atomic_path
 from .shards import Shards
 

@@ -28,7 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from ..config import Preset
-from ..dasr.describe import Whitening
+from ..dasr.whitening import Whitening
 from ..errors import LibraryError
 from . import faiss_index
 from .catalog import CATALOG, Catalog, VideoRow
