@@ -207,6 +207,10 @@ def test_an_ivf_keeps_its_background_sample_beside_it_and_a_reader_reads_it_from
     reader = Library.open(tmp_path / "lib")
     reader.load_index()
     np.testing.assert_array_equal(reader.background(), want)
+    (lib.index_dir / name).unlink()  # a cache saved before backgrounds were: the next writer stores one
+    with lib.writer():
+        lib.load_index(save=True)
+    np.testing.assert_array_equal(np.load(lib.index_dir / name), want)
 
     with lib.writer():  # the library changes: a new draw over today's videos, the old file goes
         c, vc = commit_random_video(lib, "c", n=3000, seed=3)

@@ -224,9 +224,7 @@ def save_index(index_dir: Path, index, state: IndexState, background: np.ndarray
     with atomic_path(index_dir / name) as tmp:
         faiss.write_index(index, str(tmp))
     if background is not None:
-        with atomic_path(index_dir / _background_name(name)) as tmp:
-            with open(tmp, "wb") as f:
-                np.save(f, np.ascontiguousarray(background, dtype=np.float32))
+        save_background(index_dir, name, background)
     with atomic_path(index_dir / "manifest.json") as tmp:
         tmp.write_text(json.dumps({**content, "file": name}))
     keep = {name, _background_name(name)}
@@ -281,6 +279,13 @@ def draw_background(shards: Shards, w: Whitening | None, counts: dict[int, int])
 
 def _background_name(index_file: str) -> str:
     return index_file.removesuffix(".faiss") + ".background.npy"
+
+
+def save_background(index_dir: Path, index_file: str, background: np.ndarray) -> None:
+    """Store the background sample of an index file beside it."""
+    with atomic_path(index_dir / _background_name(index_file)) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, np.ascontiguousarray(background, dtype=np.float32))
 
 
 def read_background(index_dir: Path, index_file: str, counts: dict[int, int], dim: int) -> np.ndarray | None:

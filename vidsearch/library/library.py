@@ -260,6 +260,8 @@ class Library:
                 self._background = faiss_index.read_background(self.index_dir, name, self.index_regions, index.d)
             if self._background is None:
                 self._background = faiss_index.draw_background(self.shards, w, self.index_regions)
+                if name is not None and save and self._lock.held:  # a cache saved before samples were stored
+                    faiss_index.save_background(self.index_dir, name, self._background)
         if state is not None and save and self._lock.held:
             faiss_index.save_index(self.index_dir, index, state, self._background)
         return index, videos
