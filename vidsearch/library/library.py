@@ -9,6 +9,9 @@ Layout:
                           the FAISS file holds, its kind and how much it has grown since training
     index/<digest>.faiss  IndexIDMap2(IndexFlatIP), IVF-SQ8 or IVF-PQ, ids (video_id << 32) | row:
                           a cache, updated in place as videos come and go (faiss_index.py)
+    index/<digest>.background.npy
+                          for an IVF, the exact vectors of the fixed sample of regions find's
+                          automatic threshold scores each query against (drawn from the shards)
     write.lock            one writer at a time
     parts/<run>/          pieces of shards written by Ray workers (ray_index.py) until the writer
                           that started them joins and commits them; any left are a dead run's
