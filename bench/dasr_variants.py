@@ -50,7 +50,18 @@ def pick_frames(data: str, n: int) -> list[np.ndarray]:
     if data == "skimage":  # real photos that ship with scikit-image (where no data set is at hand)
         from vidsearch.sample import skimage_photo
 
-        return [skimage_photo(SKIMAGE[i % len(SKIMAGE)]) for i in range(n)]
+        from PIL import Image
+
+        # cut to 16:9 and sized 512x288 as the engine sees footage: sides that line up with the
+        # peak layer's grid, so spatial windows apply (most photos' 3:2 would not)
+        out = []
+        for i in range(n):
+            img = skimage_photo(SKIMAGE[i % len(SKIMAGE)])
+            h, w = img.shape[:2]
+            k = min(w // 16, h // 9)
+            y, x = (h - 9 * k) // 2, (w - 16 * k) // 2
+            out.append(np.asarray(Image.fromarray(img[y : y + 9 * k, x : x + 16 * k]).resize((512, 288), Image.BILINEAR)))
+        return out
     seqs = load_sequences(data)
     per = max(1, -(-n // len(seqs)))
     out = []

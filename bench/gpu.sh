@@ -140,8 +140,9 @@ if part 1; then
 fi
 if part 2; then
     # 5. Search at 10M regions through a real library (the library's own IVF layout filled with
-    #    random codes, exact re-scoring from the shards; 110 s on the device's 16 cores).
-    step search 200 python3 bench/archive.py --sizes $SEARCH --index ivf --layout-only --json "$WORK/search.json"
+    #    random codes, exact re-scoring from the shards; 110 s on the device's 16 cores), today's
+    #    against the ways before (rows read with read-around, the background drawn per query).
+    step search 200 python3 bench/archive.py --sizes $SEARCH --index ivf --layout-only --compare-before --json "$WORK/search.json"
     # 6. DASR* variants against the default on the same photos (issue 12, part 1): speed and box
     #    agreement of spatial windows, the stride-16 prefilter and DASR peaks on the GPU.
     V=default:tiles=1:whole_frame=false:window=0  # the exact pass, against which windows are judged
