@@ -28,8 +28,9 @@ from vidsearch.sample import skimage_photo
 from vidsearch.video import Sampler, open_source, probe
 
 
-def synthetic_video(path: Path, minutes: float, size=(1920, 1080), fps: int = 24) -> Path:
-    """Real photos, panned and cut every 5 s, encoded with libx264 (fast to make, real to decode)."""
+def synthetic_video(path: Path, minutes: float, size=(1920, 1080), fps: int = 24, gop_s: float = 2.0) -> Path:
+    """Real photos, panned and cut every 5 s, encoded with libx264 (fast to make, real to decode),
+    a keyframe every `gop_s` seconds."""
     import av
 
     w, h = size
@@ -42,7 +43,7 @@ def synthetic_video(path: Path, minutes: float, size=(1920, 1080), fps: int = 24
     with av.open(str(path), "w") as out:
         st = out.add_stream("libx264", rate=fps)
         st.width, st.height, st.pix_fmt = w, h, "yuv420p"
-        st.options = {"preset": "ultrafast", "crf": "23", "g": str(2 * fps)}
+        st.options = {"preset": "ultrafast", "crf": "23", "g": str(int(gop_s * fps))}
         for i in range(n):
             big = shots[(i // (5 * fps)) % len(shots)]
             u = (i % (5 * fps)) / (5 * fps)

@@ -167,3 +167,36 @@ def test_a_decord_reader_that_gives_more_than_three_channels_sends_the_file_to_p
     want = list(open_source(path, "pyav", 96).frames(Sampler(every_n=25)))
     assert [f.index for f in got] == [f.index for f in want] == [0, 25, 50, 75]
     assert all(f.image.shape == (54, 96, 3) and np.array_equal(f.image, g.image) for f, g in zip(got, want))
+
+
+@pytest.mark.parametrize("name", ["cfr.mp4", "nopts.avi"])
+def test_frames_grabbed_in_one_pass_are_those_grabbed_one_by_one(tmp_path, frames, name, monkeypatch):
+    """find's refinement grabs every hit frame of a video in one pass (video.grab_frames): hits a
+    second or so apart are decoded on to instead of each seeking back to a keyframe; a file
+    without timestamps is decoded from its start once."""
+    from vidsearch import video
+    from vidsearch.video import grab_frame, grab_frames
+
+    path = write_video(tmp_path / name, frames, Fraction(24))
+    info = probe(path)
+    picks = [70, 3, 27, 27, 50, 51, 95, 5]  # out of order, a repeat, neighbours, the last frame
+    wanted = [(i / 24, i) for i in picks] + ([(4.3, 103)] if info.has_pts else [])  # past the end: the last
+    seeks = []
+    real = video.decode_from
+    monkeypatch.setattr(video, "decode_from", lambda *a: seeks.append(a[2]) or real(*a))
+    got = dict(grab_frames(path, wanted, info))
+    assert len(seeks) == 1  # every frame here is within GRAB_FORWARD of the one before
+    monkeypatch.setattr(video, "GRAB_FORWARD", 0.5)
+    seeks.clear()
+    apart = dict(grab_frames(path, wanted, info))
+    assert len(seeks) == (5 if info.has_pts else 1)  # 0.125 s, 1.125, 2.08, 2.9, 3.96: seeks
+    monkeypatch.undo()
+    assert sorted(got) == list(range(len(wanted)))
+    for k, (t, i) in enumerate(wanted):
+        one = grab_frame(path, t, i, info)
+        assert np.array_equal(got[k], one) and np.array_equal(apart[k], one), (t, i)
+    if not info.has_pts:  # counted frames: one past the last is an error, as one by one
+        with pytest.raises(InputError, match="frame 300 .* cannot be decoded"):
+            list(grab_frames(path, [(0.5, 12), (12.5, 300)], info))
+    with pytest.raises(InputError, match="no such file"):
+        list(grab_frames(tmp_path / "gone.mp4", [(0.5, 12)], info))

@@ -477,21 +477,33 @@ class _Matcher:
         self.infos: dict[str, object] = {}
         self.failed: set[str] = set()
 
-    def match(self, seg, hit):
-        """refine.Refined for the hit's frame, or None where its video cannot be decoded."""
+    def match_all(self, pairs: list, tick=None) -> list:
+        """refine.Refined per (segment, hit), None where its video cannot be decoded. The hit
+        frames of each video are grabbed in one pass (video.grab_frames): a segment's hits are a
+        second or so apart, and a seek per hit decoded from a keyframe again each time."""
         from .refine import refine_box
-        from .video import grab_frame
+        from .video import grab_frames
 
-        path = seg.video.path
-        if path in self.failed:
-            return None
-        try:
-            info = self.infos[path] = self.infos.get(path) or probe(path)
-            frame = grab_frame(path, hit.time, hit.frame, info)
-        except VidsearchError:
-            self.failed.add(path)
-            return None
-        return refine_box(self.engine, self.layer, frame, self.templates, hit.box)
+        out: list = [None] * len(pairs)
+        by_video: dict[str, list[int]] = {}
+        for k, (seg, _) in enumerate(pairs):
+            by_video.setdefault(seg.video.path, []).append(k)
+        for path, ks in by_video.items():
+            left = len(ks)
+            try:
+                if path not in self.failed:
+                    info = self.infos[path] = self.infos.get(path) or probe(path)
+                    hits = [pairs[k][1] for k in ks]
+                    for j, frame in grab_frames(path, [(h.time, h.frame) for h in hits], info):
+                        out[ks[j]] = refine_box(self.engine, self.layer, frame, self.templates, hits[j].box)
+                        left -= 1
+                        if tick:
+                            tick(1)
+            except VidsearchError:
+                self.failed.add(path)
+            if tick and left:
+                tick(left)
+        return out
 
     def notes(self, what: str, known: set[str] = frozenset()) -> list[str]:
         """A note per video that could not be decoded, leaving out those `known` already."""
@@ -507,10 +519,7 @@ def rerank_segments(engine, queries: list[Query], segments: list, depth: int, re
     checked = segments[:depth]
     matcher = matcher or _Matcher(engine, queries)
     tick = progress("re-ranking", len(checked)) if progress else None
-    for seg in checked:
-        found = matcher.match(seg, seg.best)
-        if tick:
-            tick(1)
+    for seg, found in zip(checked, matcher.match_all([(seg, seg.best) for seg in checked], tick)):
         if found is None:
             continue
         seg.match = found.score
@@ -536,10 +545,7 @@ def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progre
     matcher = matcher or _Matcher(engine, queries)
     known = set(matcher.failed)  # named already (by re-ranking)
     tick = progress("refining boxes", len(order)) if progress else None
-    for seg, hit in order:
-        found = matcher.match(seg, hit)
-        if tick:
-            tick(1)
+    for (seg, hit), found in zip(order, matcher.match_all(order, tick)):
         if found is not None:
             hit.box = list(found.box)
             hit.refined = True
@@ -548,14 +554,17 @@ def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progre
 
 def best_frames(segments) -> dict[int, np.ndarray]:
     """Full-resolution best frame per segment (by position); missing files are skipped."""
-    from .video import grab_frame
+    from .video import grab_frames
 
     frames: dict[int, np.ndarray] = {}
-    infos: dict = {}
+    by_video: dict[str, list[int]] = {}
     for i, seg in enumerate(segments):
-        try:
-            info = infos[seg.video.path] = infos.get(seg.video.path) or probe(seg.video.path)
-            frames[i] = grab_frame(seg.video.path, seg.best.time, seg.best.frame, info)
+        by_video.setdefault(seg.video.path, []).append(i)
+    for path, positions in by_video.items():
+        try:  # each video's frames in one pass
+            wanted = [(segments[i].best.time, segments[i].best.frame) for i in positions]
+            for j, image in grab_frames(path, wanted, probe(path)):
+                frames[positions[j]] = image
         except VidsearchError:
             continue
     return frames

@@ -486,23 +486,67 @@ def decode_from(container, info: VideoInfo, time: float) -> Iterator[tuple[float
 def grab_frame(path: str | Path, time: float, index: int, info: VideoInfo | None = None) -> np.ndarray:
     """The full-resolution, upright frame `index` (at `time`): seek to the keyframe before it
     and decode forward; files without usable timestamps are decoded from the start."""
+    for _, image in grab_frames(path, [(time, index)], info):
+        return image
+    raise AssertionError("grab_frames yields every frame or raises")
+
+
+# Frames wanted no further apart than this are reached by decoding on, not by a new seek: a seek
+# lands on the keyframe a second or more before its frame (decode_from), so a hit one sampled
+# second after the last costs one second of decoding either way, and within a GOP less.
+GRAB_FORWARD = 2.0
+
+
+def _first_at(frames: Iterator[tuple[float, object]], at: float, last_if_none: bool = False):
+    """The first (position, frame) of `frames` at or after `at`; else the last one where
+    `last_if_none`, else None."""
+    last = None
+    for item in frames:
+        if item[0] >= at:
+            return item
+        last = item
+    return last if last_if_none else None
+
+
+def grab_frames(path: str | Path, wanted: list[tuple[float, int]],
+                info: VideoInfo | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """Full-resolution, upright frames at (time, index) pairs, in time order, as (position in
+    `wanted`, image), from one open file: frames close after the last one are decoded on to
+    (the hits of a segment are a second or so apart, and each seek decoded from a keyframe
+    again); files without usable timestamps are decoded from the start once, not once per
+    frame. Raises InputError for the first frame that cannot be decoded."""
     info = info or probe(path)
     period = 1.0 / float(info.fps)
+    order = sorted(range(len(wanted)), key=lambda k: (wanted[k][0], wanted[k][1]))
     container = _open(Path(path))
     try:
         by_time = timed(container, info)
-        last = None
-        for i, (t, frame) in enumerate(decode_from(container, info, time)):
+        frames = None  # the decode in progress: (time, or count where untimed, frame) pairs
+        current = None  # its last frame handed out
+        for k in order:
+            time, index = wanted[k]
             if by_time:
-                last = frame
-                if t >= time - period / 2:
-                    break
-            elif i >= index:
-                last = frame
-                break
-        if last is not None:
-            return _upright(last.to_ndarray(format="rgb24"), info.rotation)
+                if current is not None and abs(current[0] - time) < period / 2:
+                    found = current  # the same frame again
+                elif frames is not None and current is not None and current[0] < time <= current[0] + GRAB_FORWARD:
+                    # decode on; past the stream's end the last frame is the one shown then
+                    found = _first_at(frames, time - period / 2, last_if_none=True) or current
+                else:
+                    if frames is not None:
+                        frames.close()  # its packets, before the container seeks again
+                    frames = decode_from(container, info, time)
+                    found = _first_at(frames, time - period / 2, last_if_none=True)
+            else:
+                if frames is None or current is None or index < current[0]:
+                    if frames is not None:
+                        frames.close()
+                    frames = ((i, f) for i, (_, f) in enumerate(decode_from(container, info, time)))
+                found = current if current is not None and current[0] == index else _first_at(frames, index)
+            if found is None:
+                raise InputError(f"frame {index} of {path} cannot be decoded any more (was the file changed?)")
+            current = found
+            yield k, _upright(found[1].to_ndarray(format="rgb24"), info.rotation)
     finally:
+        if frames is not None:
+            frames.close()
         container.close()
-    raise InputError(f"frame {index} of {path} cannot be decoded any more (was the file changed?)")
-
