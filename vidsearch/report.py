@@ -58,18 +58,22 @@ class _Frames:
         self.infos: dict[str, object] = {}
         self.missing: set[str] = set()
 
-    def get(self, video: str, time: float, index: int) -> np.ndarray | None:
-        from .video import grab_frame, probe
+    def get_many(self, video: str, wanted: list[tuple[float, int]]) -> list[np.ndarray | None]:
+        """The frames at (time, index) pairs, decoded in one pass (video.grab_frames); None
+        for each where the video cannot be read."""
+        from .video import grab_frames, probe
 
+        out: list[np.ndarray | None] = [None] * len(wanted)
         if video in self.missing:
-            return None
+            return out
         try:
             if video not in self.infos:
                 self.infos[video] = probe(video)
-            return grab_frame(video, time, index, self.infos[video])
+            for k, image in grab_frames(video, wanted, self.infos[video]):
+                out[k] = image
         except VidsearchError:
             self.missing.add(video)
-            return None
+        return out
 
 
 def _save_jpeg(img: Image.Image, path: Path) -> str:
@@ -152,15 +156,17 @@ def _card(n: int, seg: dict, frames: _Frames, img_dir: Path, out_dir: Path, thum
     video = seg["video"]  # what the card names: the original where there is one
     e = html.escape
     picture = ""
-    image = frames.get(source, float(best["time"]), int(best.get("frame", 0)))
+    picks = pick_hits(hits, thumbs)
+    # the best frame and the strip's, in one pass over the video
+    images = frames.get_many(source, [(float(h["time"]), int(h.get("frame", 0))) for h in [best] + [hits[k] for k in picks]])
+    image = images[0]
     if image is not None:
         img = draw_thumbnail(image, best["box"], BEST_WIDTH)
         picture = (f'<img class="best" src="{_save_jpeg(img, img_dir / f"seg-{n:03d}-best.jpg")}" '
                    f'alt="segment {n}, best frame" data-t="{float(best["time"]):.3f}" data-box="{_box_attr(best)}">')
     strip = []
-    for k in pick_hits(hits, thumbs):
+    for k, image in zip(picks, images[1:]):
         h = hits[k]
-        image = frames.get(source, float(h["time"]), int(h.get("frame", 0)))
         if image is None:
             continue
         src = _save_jpeg(draw_thumbnail(image, h["box"], THUMB_WIDTH), img_dir / f"seg-{n:03d}-hit-{k + 1:03d}.jpg")
