@@ -119,11 +119,15 @@ def test_rerank_orders_the_checked_segments_by_match_above_the_rest(monkeypatch)
         def __init__(self, engine, queries):
             self.failed = set()
 
-        def match(self, seg, hit):
-            if seg.video.path not in matches:
-                self.failed.add(seg.video.path)
-                return None
-            return Refined((1.0, 2.0, 3.0, 4.0), matches[seg.video.path], 1.0)
+        def match_all(self, pairs, tick=None):
+            out = []
+            for seg, _ in pairs:
+                if seg.video.path not in matches:
+                    self.failed.add(seg.video.path)
+                    out.append(None)
+                else:
+                    out.append(Refined((1.0, 2.0, 3.0, 4.0), matches[seg.video.path], 1.0))
+            return out
 
         notes = api._Matcher.notes
 
