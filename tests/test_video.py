@@ -200,3 +200,14 @@ def test_frames_grabbed_in_one_pass_are_those_grabbed_one_by_one(tmp_path, frame
             list(grab_frames(path, [(0.5, 12), (12.5, 300)], info))
     with pytest.raises(InputError, match="no such file"):
         list(grab_frames(tmp_path / "gone.mp4", [(0.5, 12)], info))
+
+
+def test_a_frame_grabber_takes_each_video_in_one_pass_and_skips_one_that_is_gone(tmp_path, frames):
+    from vidsearch.video import FrameGrabber, grab_frame
+
+    path, gone = str(write_video(tmp_path / "cfr.mp4", frames, Fraction(24))), str(tmp_path / "gone.mp4")
+    grabber = FrameGrabber()
+    got = dict(grabber.grab([(path, 2.0, 48), (gone, 1.0, 24), (path, 0.5, 12)]))
+    assert sorted(got) == [0, 2] and grabber.missing == {gone}
+    assert np.array_equal(got[0], grab_frame(path, 2.0, 48)) and np.array_equal(got[2], grab_frame(path, 0.5, 12))
+    assert list(grabber.grab([(gone, 0.0, 0)])) == [] and list(grabber.infos) == [path]

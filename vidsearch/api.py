@@ -466,6 +466,7 @@ class _Matcher:
 
     def __init__(self, engine, queries: list[Query]) -> None:
         from .refine import make_template, refine_layer
+        from .video import FrameGrabber
 
         self.engine = engine
         self.layer = refine_layer(engine)
@@ -474,35 +475,24 @@ class _Matcher:
             h, w = q.image.shape[:2]
             whole = q.box[0] <= 0 and q.box[1] <= 0 and q.box[2] >= w and q.box[3] >= h
             self.templates.append(make_template(engine, self.layer, q.image, None if whole else q.box))
-        self.infos: dict[str, object] = {}
-        self.failed: set[str] = set()
+        self.grabber = FrameGrabber()
+        self.failed = self.grabber.missing  # the videos that could not be decoded
 
     def match_all(self, pairs: list, tick=None) -> list:
         """refine.Refined per (segment, hit), None where its video cannot be decoded. The hit
-        frames of each video are grabbed in one pass (video.grab_frames): a segment's hits are a
-        second or so apart, and a seek per hit decoded from a keyframe again each time."""
+        frames of each video are grabbed in one pass (video.FrameGrabber): a segment's hits are
+        a second or so apart, and a seek per hit decoded from a keyframe again each time."""
         from .refine import refine_box
-        from .video import grab_frames
 
         out: list = [None] * len(pairs)
-        by_video: dict[str, list[int]] = {}
-        for k, (seg, _) in enumerate(pairs):
-            by_video.setdefault(seg.video.path, []).append(k)
-        for path, ks in by_video.items():
-            left = len(ks)
-            try:
-                if path not in self.failed:
-                    info = self.infos[path] = self.infos.get(path) or probe(path)
-                    hits = [pairs[k][1] for k in ks]
-                    for j, frame in grab_frames(path, [(h.time, h.frame) for h in hits], info):
-                        out[ks[j]] = refine_box(self.engine, self.layer, frame, self.templates, hits[j].box)
-                        left -= 1
-                        if tick:
-                            tick(1)
-            except VidsearchError:
-                self.failed.add(path)
-            if tick and left:
-                tick(left)
+        done = 0
+        for k, frame in self.grabber.grab([(seg.video.path, hit.time, hit.frame) for seg, hit in pairs]):
+            out[k] = refine_box(self.engine, self.layer, frame, self.templates, pairs[k][1].box)
+            done += 1
+            if tick:
+                tick(1)
+        if tick and done < len(pairs):  # the frames of videos that could not be decoded
+            tick(len(pairs) - done)
         return out
 
     def notes(self, what: str, known: set[str] = frozenset()) -> list[str]:
@@ -554,20 +544,9 @@ def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progre
 
 def best_frames(segments) -> dict[int, np.ndarray]:
     """Full-resolution best frame per segment (by position); missing files are skipped."""
-    from .video import grab_frames
+    from .video import FrameGrabber
 
-    frames: dict[int, np.ndarray] = {}
-    by_video: dict[str, list[int]] = {}
-    for i, seg in enumerate(segments):
-        by_video.setdefault(seg.video.path, []).append(i)
-    for path, positions in by_video.items():
-        try:  # each video's frames in one pass
-            wanted = [(segments[i].best.time, segments[i].best.frame) for i in positions]
-            for j, image in grab_frames(path, wanted, probe(path)):
-                frames[positions[j]] = image
-        except VidsearchError:
-            continue
-    return frames
+    return dict(FrameGrabber().grab([(s.video.path, s.best.time, s.best.frame) for s in segments]))
 
 
 def write_overlays(segments, frames: dict[int, np.ndarray], out_dir: str | Path) -> list[Path]:

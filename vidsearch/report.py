@@ -21,6 +21,7 @@ from PIL import Image
 
 from .errors import InputError, VidsearchError
 from .render import BOX_COLOUR, draw_thumbnail
+from .video import FrameGrabber
 
 # Containers a browser's <video> generally plays (codec permitting; the page checks at run time).
 PLAYABLE = {".mp4", ".m4v", ".mov", ".webm", ".ogv", ".ogg"}
@@ -49,31 +50,6 @@ def video_url(video: str, page_dir: Path) -> str:
     except ValueError:  # another drive (Windows)
         return path.as_uri()
     return quote(Path(rel).as_posix())
-
-
-class _Frames:
-    """Frames of result videos, decoded on demand with one probe per video."""
-
-    def __init__(self) -> None:
-        self.infos: dict[str, object] = {}
-        self.missing: set[str] = set()
-
-    def get_many(self, video: str, wanted: list[tuple[float, int]]) -> list[np.ndarray | None]:
-        """The frames at (time, index) pairs, decoded in one pass (video.grab_frames); None
-        for each where the video cannot be read."""
-        from .video import grab_frames, probe
-
-        out: list[np.ndarray | None] = [None] * len(wanted)
-        if video in self.missing:
-            return out
-        try:
-            if video not in self.infos:
-                self.infos[video] = probe(video)
-            for k, image in grab_frames(video, wanted, self.infos[video]):
-                out[k] = image
-        except VidsearchError:
-            self.missing.add(video)
-        return out
 
 
 def _save_jpeg(img: Image.Image, path: Path) -> str:
@@ -120,7 +96,7 @@ def write_report(source: str | Path | dict, out_dir: str | Path, thumbs: int = 8
     img_dir.mkdir(parents=True, exist_ok=True)
     for old in img_dir.glob("seg-*.jpg"):  # pictures of an earlier page in the same place
         old.unlink()
-    frames = _Frames()
+    frames = FrameGrabber()
     tick = progress(len(data["segments"])) if progress else None
     cards = []
     for n, seg in enumerate(data["segments"], 1):
@@ -149,7 +125,7 @@ def _pictures_from(seg: dict) -> tuple[str, object]:
     return proxy["path"], lambda h: rescale_hit(h, sx, sy, rate)
 
 
-def _card(n: int, seg: dict, frames: _Frames, img_dir: Path, out_dir: Path, thumbs: int) -> str:
+def _card(n: int, seg: dict, frames: FrameGrabber, img_dir: Path, out_dir: Path, thumbs: int) -> str:
     source, local = _pictures_from(seg)
     hits = sorted((local(h) for h in seg.get("hits") or [seg["best"]]), key=lambda h: float(h["time"]))
     best = local(seg["best"])
@@ -157,8 +133,10 @@ def _card(n: int, seg: dict, frames: _Frames, img_dir: Path, out_dir: Path, thum
     e = html.escape
     picture = ""
     picks = pick_hits(hits, thumbs)
-    # the best frame and the strip's, in one pass over the video
-    images = frames.get_many(source, [(float(h["time"]), int(h.get("frame", 0))) for h in [best] + [hits[k] for k in picks]])
+    # the best frame and the strip's, in one pass over the video (None where it cannot be read)
+    images: list[np.ndarray | None] = [None] * (1 + len(picks))
+    for k, image in frames.grab([(source, float(h["time"]), int(h.get("frame", 0))) for h in [best] + [hits[k] for k in picks]]):
+        images[k] = image
     image = images[0]
     if image is not None:
         img = draw_thumbnail(image, best["box"], BEST_WIDTH)

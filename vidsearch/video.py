@@ -20,7 +20,7 @@ from typing import Iterator, Protocol
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, VidsearchError
 
 
 @dataclass
@@ -508,6 +508,13 @@ def _first_at(frames: Iterator[tuple[float, object]], at: float, last_if_none: b
     return last if last_if_none else None
 
 
+def _decode_positions(container, info: VideoInfo, time: float, by_time: bool) -> Iterator[tuple[float, object]]:
+    """decode_from's frames as (position, frame): their time where the file is timed, else
+    their count from the start."""
+    frames = decode_from(container, info, time)
+    return frames if by_time else ((i, f) for i, (_, f) in enumerate(frames))
+
+
 def grab_frames(path: str | Path, wanted: list[tuple[float, int]],
                 info: VideoInfo | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """Full-resolution, upright frames at (time, index) pairs, in time order, as (position in
@@ -519,29 +526,26 @@ def grab_frames(path: str | Path, wanted: list[tuple[float, int]],
     period = 1.0 / float(info.fps)
     order = sorted(range(len(wanted)), key=lambda k: (wanted[k][0], wanted[k][1]))
     container = _open(Path(path))
+    frames = None  # the decode in progress: (position, frame) pairs
     try:
         by_time = timed(container, info)
-        frames = None  # the decode in progress: (time, or count where untimed, frame) pairs
-        current = None  # its last frame handed out
+        # where a wanted frame lies among the positions, and how far on a decode goes for it
+        # (a decode of counted frames restarts from the start anyway)
+        slack, reach = (period / 2, GRAB_FORWARD) if by_time else (0, math.inf)
+        current = None  # the last frame handed out: (position, frame)
         for k in order:
             time, index = wanted[k]
-            if by_time:
-                if current is not None and abs(current[0] - time) < period / 2:
-                    found = current  # the same frame again
-                elif frames is not None and current is not None and current[0] < time <= current[0] + GRAB_FORWARD:
-                    # decode on; past the stream's end the last frame is the one shown then
-                    found = _first_at(frames, time - period / 2, last_if_none=True) or current
-                else:
-                    if frames is not None:
-                        frames.close()  # its packets, before the container seeks again
-                    frames = decode_from(container, info, time)
-                    found = _first_at(frames, time - period / 2, last_if_none=True)
+            at = time if by_time else index
+            if current is not None and (abs(current[0] - at) < slack if by_time else current[0] == at):
+                found = current  # the same frame again
+            elif current is not None and current[0] < at <= current[0] + reach:
+                # decode on; past a timed stream's end the last frame is the one shown then
+                found = _first_at(frames, at - slack, last_if_none=by_time) or (current if by_time else None)
             else:
-                if frames is None or current is None or index < current[0]:
-                    if frames is not None:
-                        frames.close()
-                    frames = ((i, f) for i, (_, f) in enumerate(decode_from(container, info, time)))
-                found = current if current is not None and current[0] == index else _first_at(frames, index)
+                if frames is not None:
+                    frames.close()  # its packets, before the container seeks again
+                frames = _decode_positions(container, info, time, by_time)
+                found = _first_at(frames, at - slack, last_if_none=by_time)
             if found is None:
                 raise InputError(f"frame {index} of {path} cannot be decoded any more (was the file changed?)")
             current = found
@@ -550,3 +554,29 @@ def grab_frames(path: str | Path, wanted: list[tuple[float, int]],
         if frames is not None:
             frames.close()
         container.close()
+
+
+class FrameGrabber:
+    """Full-resolution frames of the videos of a result, one probe per video; a video that
+    cannot be decoded (moved, changed, damaged) is kept in `missing` and not tried again."""
+
+    def __init__(self) -> None:
+        self.infos: dict[str, VideoInfo] = {}
+        self.missing: set[str] = set()
+
+    def grab(self, wanted: list[tuple[str, float, int]]) -> Iterator[tuple[int, np.ndarray]]:
+        """(position in `wanted`, image) for (path, time, index) triples: each video's frames in
+        one pass (grab_frames); the rest of a video's frames are left out from where it fails."""
+        by_video: dict[str, list[int]] = {}
+        for k, (path, _, _) in enumerate(wanted):
+            by_video.setdefault(path, []).append(k)
+        for path, ks in by_video.items():
+            if path in self.missing:
+                continue
+            try:
+                if path not in self.infos:
+                    self.infos[path] = probe(path)
+                for j, image in grab_frames(path, [wanted[k][1:] for k in ks], self.infos[path]):
+                    yield ks[j], image
+            except VidsearchError:
+                self.missing.add(path)
