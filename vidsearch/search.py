@@ -8,7 +8,7 @@ import numpy as np
 
 from .dasr.views import KIND_FRAME, KIND_REGION
 from .library import Library, VideoRow
-from .library.faiss_index import is_exact
+from .library.faiss_index import BACKGROUND, is_exact
 from .timecode import parse_rate, seconds_to_tc
 
 
@@ -92,7 +92,7 @@ def as_views(q: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.atleast_2d(q), dtype=np.float32)
 
 
-def background_stats(index, q: np.ndarray, background: np.ndarray | None = None, sample: int = 20000,
+def background_stats(index, q: np.ndarray, background: np.ndarray | None = None, sample: int = BACKGROUND,
                      seed: int = 0) -> tuple[float, float]:
     """Median and robust sigma (1.4826 MAD) of the query's scores (best view per region) against
     a random sample of regions: true matches are too few to move either much. An index of exact

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align, roi_pool
 
+from .whitening import l2n_np
+
 
 def pool_boxes(features: torch.Tensor, boxes: torch.Tensor, frame_idx: torch.Tensor,
                image_size: tuple[int, int], mode: str = "avg") -> torch.Tensor:
@@ -33,5 +35,5 @@ def pool_boxes(features: torch.Tensor, boxes: torch.Tensor, frame_idx: torch.Ten
 
 def l2n(x: torch.Tensor | np.ndarray, eps: float = 1e-12):
     if isinstance(x, np.ndarray):
-        return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+        return l2n_np(x, eps)
     return F.normalize(x, dim=-1, eps=eps)

@@ -7,6 +7,11 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def l2n_np(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit length (numpy; describe.l2n takes tensors too)."""
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), eps)
+
+
 @dataclass
 class Whitening:
     """PCA-whitening learned on L2-normalised region descriptors."""
@@ -38,7 +43,7 @@ class Whitening:
     def apply(self, x: np.ndarray) -> np.ndarray:
         """(N, D) L2-normalised -> (N, d) whitened and L2-normalised, float32."""
         y = (np.asarray(x, dtype=np.float32) - self.mean) @ self.proj.T
-        return (y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+        return l2n_np(y).astype(np.float32)
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         return {"mean": self.mean, "proj": self.proj, "version": np.array(self.version),

@@ -212,9 +212,9 @@ def current_index(index_dir: Path, shards: Shards, videos, w: Whitening | None, 
     return index, IndexState(wanted["whitening"], wanted["videos"], kind, cached.get("trained_on", 0), added), None
 
 
-def save_index(index_dir: Path, index, state: IndexState, background: np.ndarray | None = None) -> str:
+def save_index(index_dir: Path, index, state: IndexState, background: np.ndarray | None = None) -> None:
     """Write the index (and, for an IVF, its background sample) under a name of its content,
-    then the manifest naming it; remove the files of earlier indexes. Returns the file name."""
+    then the manifest naming it; remove the files of earlier indexes."""
     import faiss
 
     index_dir.mkdir(exist_ok=True)
@@ -234,7 +234,6 @@ def save_index(index_dir: Path, index, state: IndexState, background: np.ndarray
                 old.unlink(missing_ok=True)
             except OSError:
                 pass  # still mapped by a reader where that forbids removal: the next save removes it
-    return name
 
 
 def _exact_rows(shards: Shards, w: Whitening | None, ids: np.ndarray):
