@@ -100,6 +100,7 @@ def main() -> None:
     for engine in engines:
         engine.extract(frames[0][None])  # warm-up
         engine.timings.clear()
+        engine.counts.clear()
     # Frames outer, variants inner: every variant sees the same machine load, frame by frame
     # (a variant run after another on a shared CPU would otherwise be timed under other load).
     boxes = [[] for _ in variants]
@@ -126,6 +127,9 @@ def main() -> None:
                "regions_per_frame": float(np.mean([len(b) for b in boxes[v]]))}
         for stage, sec in engine.timings.items():
             row[f"{stage}_s"] = sec / len(frames)
+        # peaks found, and those back-propagated (fewer with a prefilter or `cover`)
+        row["peaks_per_frame"] = engine.counts["peaks"] / len(frames)
+        row["backprop_peaks_per_frame"] = engine.counts["backpropagated"] / len(frames)
         if v:
             best = [agreement(ref, mine) for ref, mine in zip(boxes[0], boxes[v]) if len(ref)]
             row["box_iou_vs_first"] = float(np.mean(np.concatenate(best)))
@@ -137,7 +141,7 @@ def main() -> None:
     for row in rows:
         row["speedup"] = base / row["s_per_frame"]
     cols = ["s_per_frame", "speedup", "regions_per_frame", "box_iou_vs_first"] + (["box_iou_vs_ref"] if ref_boxes else []) \
-        + ["forward_s", "prefilter_s", "backprop_s"]
+        + ["peaks_per_frame", "backprop_peaks_per_frame", "forward_s", "prefilter_s", "backprop_s"]
     lines = ["| variant | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for row in rows:
         lines.append(f"| {row['variant']} | " + " | ".join(f"{row[c]:.3f}" if c in row else "-" for c in cols) + " |")

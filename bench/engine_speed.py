@@ -134,7 +134,8 @@ def main() -> None:
             engine = Engine(base.replace(peaks=peaks, nms_iou=nms, dtype=dtype), args.device, args.weights)
             rows[f"{mode} {dtype}"] = run_engine(engine, batch, args.repeats)
             print(f"{mode} {dtype}: {rows[f'{mode} {dtype}']}", file=sys.stderr)
-        engine = Engine(base.replace(peaks=peaks, nms_iou=nms, dtype="fp32"), args.device, args.weights)
+        # per peak against the loop: every peak through (cover = 0), as the loop does
+        engine = Engine(base.replace(peaks=peaks, nms_iou=nms, dtype="fp32", cover=0.0), args.device, args.weights)
         loop = run_per_peak_loop(engine, batch[: args.loop_frames])
         fast = run_engine(engine, batch[: args.loop_frames], 1)
         loop["batched_ms_per_peak_same_frames"] = fast["backprop_ms_per_frame"] / max(1e-9, loop["peaks_per_frame"])

@@ -146,11 +146,12 @@ if part 2; then
     #    against the ways before (rows read with read-around, the background drawn per query).
     step search 200 python3 bench/archive.py --sizes $SEARCH --index ivf --layout-only --compare-before --json "$WORK/search.json"
     # 6. DASR* variants against the default on the same photos (issue 12, part 1): speed and box
-    #    agreement of spatial windows, the stride-16 prefilter and DASR peaks on the GPU.
-    V=default:tiles=1:whole_frame=false:window=0  # the exact pass, against which windows are judged
+    #    agreement of spatial windows, predicted suppression (cover: rounds of peaks, a host sync
+    #    each), the stride-16 prefilter and DASR peaks on the GPU.
+    V=default:tiles=1:whole_frame=false:window=0:cover=0  # the exact pass, against which the rest are judged
     step variants 100 python3 bench/dasr_variants.py skimage --frames $FRAMES --device $DEV --variant $V \
-        --variant $V:window=3 --variant $V:window=2 --variant $V:prefilter=stride16 --variant $V:prefilter=stride16:window=3 \
-        --variant dasr:tiles=1:whole_frame=false
+        --variant $V:window=3 --variant $V:window=3:cover=0.3 --variant $V:cover=0.3 --variant $V:window=2 \
+        --variant $V:prefilter=stride16:window=3 --variant dasr:tiles=1:whole_frame=false
     # 7. The default views and query-guided boxes on the generated small-object set (skimage scenes):
     #    seconds per frame with ~10 views and refine ms per frame on the GPU.
     step small 150 python3 bench/small_objects.py --out "/tmp/smallset-$DEV" --size $SMALL_SIZE --sizes $SIZES --frames 5 \

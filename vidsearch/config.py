@@ -59,6 +59,11 @@ class Preset:
     # Spatial windows: each peak back-propagated only within (2·window + 1)² peak-layer cells
     # around it (what would leave the window is dropped); 0 = the whole frame (exact).
     window: int = 0
+    # Predicted suppression (DASR* with NMS): a peak is not back-propagated where the map of a
+    # better peak already kept, at the peak's cell, is at least this fraction of that map's
+    # largest cell (it lies on an object already found; NMS would almost always remove its box).
+    # 0 = every peak goes through (exact).
+    cover: float = 0.0
     dtype: str = "fp32"
     pooling: str = "avg"
     whiten: bool = False  # measured on instance-dev: learned whitening hurt (bench/RESULTS.md)
@@ -105,6 +110,8 @@ class Preset:
             raise InputError(f"preset {self.name!r}: peak_chunk must be 0 (by device) or a number of peaks, got {self.peak_chunk}")
         if self.window < 0:
             raise InputError(f"preset {self.name!r}: window must be 0 (off) or a number of cells, got {self.window}")
+        if not 0.0 <= self.cover <= 1.0:
+            raise InputError(f"preset {self.name!r}: cover must be in [0, 1] (0 = off), got {self.cover}")
         if self.long_side < 64:
             raise InputError(f"preset {self.name!r}: long_side must be at least 64")
         if self.sample_fps <= 0:
@@ -118,6 +125,8 @@ class Preset:
         fields = {
             k: v for k, v in dataclasses.asdict(self).items() if k not in _NOT_FINGERPRINTED
         }
+        if not self.cover:  # added later: presets without it keep the fingerprint they had
+            del fields["cover"]
         blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

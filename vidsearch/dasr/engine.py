@@ -16,11 +16,14 @@ from .cpu_memory import keep_freed_memory
 from .describe import l2n, pool_boxes
 from .excitation import Rules, Tape
 from .graph import Graph, build_graph
-from .regions import find_peaks, make_seeds, maps_to_boxes, nms
+from .regions import cell_fractions, find_peaks, make_seeds, maps_to_boxes, nms
 from .views import KIND_FRAME, frame_views, merge_views
 
 
 CPU_PEAK_CHUNK, GPU_PEAK_CHUNK = 16, 64  # peaks per back-propagation batch (Preset.peak_chunk = 0)
+# Peaks per frame per round of predicted suppression (Preset.cover): smaller rounds skip more
+# peaks (each round's peaks cannot skip one another), larger ones fill the batches better.
+COVER_ROUND = 8
 
 
 @dataclass
@@ -102,6 +105,7 @@ class Engine:
         if on_cpu:
             keep_freed_memory()
         self.timings: dict[str, float] = defaultdict(float)
+        self.counts: dict[str, int] = defaultdict(int)  # peaks found / back-propagated (benches)
         self.dim = int(self.feature_dim())
 
     def feature_dim(self) -> int:
@@ -187,29 +191,19 @@ class Engine:
             all_pos.append(pos)
             all_scores.append(scores)
             counts.append(pos.shape[0])
-        # The peaks of all frames, in chunks that may span frames: a frame's ~10-100 peaks alone
-        # leave a GPU mostly idle. Timed as one stage: a sync per chunk would serialise it.
         t = self._tick("peaks", t)
         pos = torch.cat(all_pos)
         scores = torch.cat(all_scores).float()
         peak_frame = np.repeat(np.arange(len(counts)), counts)  # on the host too: which chunks hold one frame
+        self.counts["peaks"] += pos.shape[0]
+        if p.cover > 0 and p.nms_iou is not None:
+            run, boxes = self._uncovered(tape, peak_map, pos, scores, peak_frame, mass)
+            pos, scores, peak_frame = pos[run], scores[run], peak_frame[run.cpu().numpy()]
+        else:
+            boxes = self._boxes(tape, peak_map, pos, peak_frame, mass)[0]
+        self.counts["backpropagated"] += pos.shape[0]
         frame = torch.from_numpy(peak_frame).to(self.device)
-        chunk = self._chunk(tape)
-        all_boxes = []
-        for c in range(0, pos.shape[0], chunk):
-            k = min(chunk, pos.shape[0] - c)
-            part = torch.arange(c, c + k, device=self.device)
-            if self.pad_chunks and k < chunk:
-                # a few batch sizes only: cuDNN plans its kernels anew for each new shape, which
-                # on a stream of frames with ever-different peak counts costs more than the work
-                part = torch.cat([part, part[-1:].expand(_bucket(k, chunk) - k)])
-            one = peak_frame[c] == peak_frame[c + k - 1]
-            seeds = make_seeds(peak_map, pos[part], p.seed, mass, frame=frame[part])
-            maps = tape.backprop(int(peak_frame[c]) if one else frame[part], seeds,
-                                 window=tape.window(pos[part], p.window))
-            all_boxes.append(maps_to_boxes(maps, p.threshold, p.tau, p.percentile)[:k])
         t = self._tick("backprop", t)
-        boxes = torch.cat(all_boxes)
         keep = nms(boxes, scores, frame, p.nms_iou)
         # Regions ordered by frame, then by score.
         keep = keep[torch.argsort(frame[keep] * 1e6 - scores[keep].double(), stable=True)] if keep.numel() else keep
@@ -235,6 +229,72 @@ class Engine:
         return Regions(frame.cpu().numpy(), (boxes * scale).cpu().numpy().astype(np.float32),
                        scores.cpu().numpy().astype(np.float32), vectors.cpu().numpy().astype(np.float32),
                        extra, kind=kind.cpu().numpy())
+
+    def _boxes(self, tape: Tape, peak_map: torch.Tensor, pos: torch.Tensor, peak_frame: np.ndarray,
+               mass: float, cells: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Boxes (K, 4) of peaks `pos` (K, 2) in frames `peak_frame` (K,), back-propagated in
+        chunks that may span frames (a frame's ~10-100 peaks alone leave a GPU mostly idle); with
+        `cells`, also each peak's map averaged over the peak layer's cells, as a fraction of its
+        largest cell (K, h, w). Not synchronised per chunk: a sync per chunk would serialise it."""
+        p = self.preset
+        frame = torch.from_numpy(peak_frame).to(self.device)
+        chunk = self._chunk(tape)
+        all_boxes, all_cells = [], []
+        for c in range(0, pos.shape[0], chunk):
+            k = min(chunk, pos.shape[0] - c)
+            part = torch.arange(c, c + k, device=self.device)
+            if self.pad_chunks and k < chunk:
+                # a few batch sizes only: cuDNN plans its kernels anew for each new shape, which
+                # on a stream of frames with ever-different peak counts costs more than the work
+                part = torch.cat([part, part[-1:].expand(_bucket(k, chunk) - k)])
+            one = peak_frame[c] == peak_frame[c + k - 1]
+            seeds = make_seeds(peak_map, pos[part], p.seed, mass, frame=frame[part])
+            maps = tape.backprop(int(peak_frame[c]) if one else frame[part], seeds,
+                                 window=tape.window(pos[part], p.window))
+            all_boxes.append(maps_to_boxes(maps, p.threshold, p.tau, p.percentile)[:k])
+            if cells:
+                all_cells.append(cell_fractions(maps[:k], peak_map.shape[-2:]))
+        empty = torch.zeros(0, 4, device=self.device)
+        return (torch.cat(all_boxes) if all_boxes else empty), (torch.cat(all_cells) if cells and all_cells else None)
+
+    def _uncovered(self, tape: Tape, peak_map: torch.Tensor, pos: torch.Tensor, scores: torch.Tensor,
+                   peak_frame: np.ndarray, mass: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted suppression (preset `cover`): the peaks of each frame go through best first,
+        COVER_ROUND per frame at a time; NMS on what has gone through so far is already final
+        for those peaks (greedy NMS decides a box by the better ones only), and a peak still
+        waiting is skipped where a kept region's map at its cell is at least `cover` of that
+        map's largest cell: it sits on an object already found, and NMS would almost always
+        remove its box. Returns the indices of the peaks that went through (in the order given)
+        and their boxes."""
+        p = self.preset
+        n = pos.shape[0]
+        waiting = np.ones(n, dtype=bool)
+        done = np.zeros(n, dtype=bool)
+        boxes = torch.zeros(n, 4, device=self.device)
+        frame = torch.from_numpy(peak_frame).to(self.device)
+        starts = np.searchsorted(peak_frame, np.arange(int(peak_frame.max(initial=-1)) + 2))
+        while True:
+            take = np.concatenate([np.flatnonzero(waiting[a:b])[:COVER_ROUND] + a for a, b in zip(starts[:-1], starts[1:])]
+                                  + [np.zeros(0, dtype=np.int64)])
+            if take.size == 0:
+                break
+            waiting[take], done[take] = False, True
+            t_take = torch.from_numpy(take).to(self.device)
+            got, cells = self._boxes(tape, peak_map, pos[t_take], peak_frame[take], mass, cells=True)
+            boxes[t_take] = got
+            ran = np.flatnonzero(done)
+            t_ran = torch.from_numpy(ran).to(self.device)
+            kept = ran[nms(boxes[t_ran], scores[t_ran], frame[t_ran], p.nms_iou).cpu().numpy()]
+            new = np.isin(take, kept)
+            rest = np.flatnonzero(waiting)
+            if new.any() and rest.size:
+                t_rest = torch.from_numpy(rest).to(self.device)
+                at = cells[torch.from_numpy(np.flatnonzero(new)).to(self.device)][:, pos[t_rest, 0], pos[t_rest, 1]]
+                same = torch.from_numpy(peak_frame[take[new]][:, None] == peak_frame[rest][None, :]).to(self.device)
+                covered = ((at >= p.cover) & same).any(0).cpu().numpy()
+                waiting[rest[covered]] = False
+        ran = torch.from_numpy(np.flatnonzero(done)).to(self.device)
+        return ran, boxes[ran]
 
     def _chunk(self, tape: Tape) -> int:
         """Peaks per back-propagation: the device's (or preset's) number for whole frames; on a

@@ -104,6 +104,13 @@ def maps_to_boxes(maps: torch.Tensor, threshold: str = "tau", tau: float = 0.1,
     return boxes
 
 
+def cell_fractions(maps: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Maps (K, H, W) -> their mean over each cell of a (h, w) grid (the peak layer's), as a
+    fraction of each map's largest cell: (K, h, w) in [0, 1]."""
+    cells = F.adaptive_avg_pool2d(maps.float()[:, None], tuple(grid))[:, 0]
+    return cells / cells.flatten(1).amax(1).clamp(min=1e-20)[:, None, None]
+
+
 def nms(boxes: torch.Tensor, scores: torch.Tensor, groups: torch.Tensor, iou: float | None) -> torch.Tensor:
     """Indices kept by NMS within each group (frame), best score first; all when iou is None."""
     if iou is None:
