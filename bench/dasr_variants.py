@@ -100,7 +100,8 @@ def main() -> None:
     for engine in engines:
         engine.extract(frames[0][None])  # warm-up
         engine.timings.clear()
-        engine.counts.clear()
+        if hasattr(engine, "counts"):  # not in checkouts older than `cover` (--boxes-out runs)
+            engine.counts.clear()
     # Frames outer, variants inner: every variant sees the same machine load, frame by frame
     # (a variant run after another on a shared CPU would otherwise be timed under other load).
     boxes = [[] for _ in variants]
@@ -128,8 +129,9 @@ def main() -> None:
         for stage, sec in engine.timings.items():
             row[f"{stage}_s"] = sec / len(frames)
         # peaks found, and those back-propagated (fewer with a prefilter or `cover`)
-        row["peaks_per_frame"] = engine.counts["peaks"] / len(frames)
-        row["backprop_peaks_per_frame"] = engine.counts["backpropagated"] / len(frames)
+        if hasattr(engine, "counts"):
+            row["peaks_per_frame"] = engine.counts["peaks"] / len(frames)
+            row["backprop_peaks_per_frame"] = engine.counts["backpropagated"] / len(frames)
         if v:
             best = [agreement(ref, mine) for ref, mine in zip(boxes[0], boxes[v]) if len(ref)]
             row["box_iou_vs_first"] = float(np.mean(np.concatenate(best)))
