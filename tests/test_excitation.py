@@ -237,6 +237,33 @@ def test_window_covering_the_frame_equals_the_full_pass(residual, channels_last,
     graph.to("cpu")
 
 
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last], ids=["nchw", "nhwc"])
+def test_window_crop_is_each_peaks_slice_of_its_frame(layout, device):
+    """Window.crop gives, per peak, exactly the slice of its own frame at every stride, in the
+    source's layout, from a frame, from a view of the tape (an offset storage) and from one
+    image's batch (crop_each)."""
+    from vidsearch.dasr.excitation import Window
+
+    g = torch.Generator().manual_seed(3)
+    oy, ox = torch.tensor([0, 32, 64, 0, 96]), torch.tensor([0, 96, 32, 160, 160])
+    frames = torch.tensor([1, 0, 2, 2, 1])
+    win = Window(oy.to(device), ox.to(device), 64, 32, 160)
+    for stride, channels in ((1, 3), (4, 5), (32, 7)):
+        full = torch.rand(4, channels, 160 // stride, 192 // stride, generator=g)
+        t = full.to(device).contiguous(memory_format=layout)[1:]  # frames 1..3 of a larger tape
+        got = win.crop(t, frames.to(device))
+        assert got.shape == (5, channels, 64 // stride, 32 // stride)
+        assert got.is_contiguous(memory_format=layout)
+        for k in range(5):
+            y, x = int(oy[k]) // stride, int(ox[k]) // stride
+            want = full[int(frames[k]) + 1, :, y : y + 64 // stride, x : x + 32 // stride]
+            assert torch.equal(got[k].cpu(), want)
+        each = win.crop_each(t[:1].expand(5, -1, -1, -1).contiguous(memory_format=layout) + frames.view(-1, 1, 1, 1).to(device))
+        for k in range(5):
+            y, x = int(oy[k]) // stride, int(ox[k]) // stride
+            assert torch.equal(each[k].cpu(), full[1, :, y : y + 64 // stride, x : x + 32 // stride] + float(frames[k]))
+
+
 def test_windows_hold_each_peak_and_keep_its_box(lite0, device):
     """Real weights on a real photo (8x12 peak cells), windows of 5x5 cells (160 px): each map is
     zero outside its window, which holds its peak, and its box is close to the full pass's."""
@@ -398,3 +425,12 @@ def test_cover_is_checked_and_changes_the_fingerprint_only_when_on():
         Preset(cover=1.5)
     assert Preset().fingerprint() == "f01e4577b2f98c8a"  # as before cover existed: old libraries match
     assert Preset(cover=0.3).fingerprint() != Preset().fingerprint()  # other regions, other libraries
+
+
+def test_safe_inverse_is_one_over_z_where_z_is_positive_else_zero():
+    from vidsearch.dasr.excitation import _safe_inverse
+
+    z = torch.tensor([0.0, 1e-30, 1e-20, 4e-20, 0.5, 4.0, -1.0])
+    assert torch.equal(_safe_inverse(z), torch.tensor([0.0, 0.0, 0.0, 2.5e19, 2.0, 0.25, 0.0]))
+    # fp16: below 4/65504 counts as zero (its inverse would overflow)
+    assert torch.equal(_safe_inverse(z.half()), torch.tensor([0.0, 0.0, 0.0, 0.0, 2.0, 0.25, 0.0]).half())

@@ -51,7 +51,8 @@ def _safe_inverse(z: torch.Tensor) -> torch.Tensor:
     Computed in fp32; in fp16 a Z below 1/65504 would overflow, so it counts as zero."""
     eps = max(EPS, 4.0 / torch.finfo(z.dtype).max)
     zf = z.float()
-    inv = torch.where(zf > eps, 1.0 / zf.clamp(min=eps), torch.zeros((), device=z.device))
+    # 1/inf = 0: three passes over the tape value instead of four
+    inv = torch.where(zf > eps, zf, torch.full((), torch.inf, device=z.device)).reciprocal_()
     return inv.to(z.dtype)
 
 
@@ -103,11 +104,11 @@ class Window:
     w: int
     full_h: int
     _grids: dict = field(default_factory=dict, repr=False, compare=False)
+    _starts: dict = field(default_factory=dict, repr=False, compare=False)
 
     def _grid(self, height: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Per peak: the rows (K, h', 1) and columns (K, 1, w') of its window at the stride of a
-        value this high; kept per stride, since every op of a pass asks again (on a GPU the
-        small index kernels cost more than the crops)."""
+        value this high (for paste)."""
         if height not in self._grids:
             s = self.full_h // height
             rows = (self.oy // s)[:, None] + torch.arange(self.h // s, device=self.oy.device)
@@ -117,10 +118,26 @@ class Window:
 
     def crop(self, t: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """(B, C, H', W') of the tape -> (K, C, h', w'): each peak's window at that stride in its
-        frame `frames` (K,). One gather: a loop of K slices was K kernel launches per layer,
-        which on a GPU cost far more than the arithmetic."""
-        rows, cols = self._grid(t.shape[-2])
-        return t[frames[:, None, None], :, rows, cols].permute(0, 3, 1, 2)
+        frame `frames` (K,), in t's memory layout. One kernel (a loop of K slices was K launches
+        per layer, which on a GPU cost far more than the arithmetic): every window of t is a row
+        of one strided view of its storage, starting at the window's first element, and
+        index_select copies the K rows whole (on a CPU 2-6x faster than the elementwise
+        gather of advanced indexing: bench/RESULTS.md)."""
+        s = self.full_h // t.shape[-2]
+        h, w = self.h // s, self.w // s
+        sb, sc, sh, sw = t.stride()
+        # the K start offsets, kept per stride and layout (every op of a pass asks again)
+        key = (id(frames), t.shape[-2], t.stride())
+        if key not in self._starts:
+            self._starts[key] = frames, frames * sb + (self.oy // s) * sh + (self.ox // s) * sw
+        start = self._starts[key][1]
+        # a window's dims in the order they lie in memory, so each row copies in long runs
+        dims = sorted(((t.shape[1], sc, 1), (h, sh, 2), (w, sw, 3)), key=lambda d: -d[1])
+        last = (t.shape[1] - 1) * sc + (h - 1) * sh + (w - 1) * sw  # a window's last element
+        span = sum((n - 1) * st for n, st in zip(t.shape, t.stride())) + 1
+        rows = t.as_strided((span - last, *(d[0] for d in dims)), (1, *(d[1] for d in dims)), t.storage_offset())
+        out = rows.index_select(0, start)
+        return out.permute(0, *(1 + [d[2] for d in dims].index(k) for k in (1, 2, 3)))
 
     def crop_each(self, t: torch.Tensor) -> torch.Tensor:
         """(K, C, H', W') -> (K, C, h', w'): peak k's own window of row k."""
