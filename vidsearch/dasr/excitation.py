@@ -76,8 +76,11 @@ def _linear_plus_adjoint(op: Op, r: torch.Tensor, wplus: torch.Tensor, in_shape:
     h, w = in_shape[-2:]
     if op.padding == "same":
         left, right, top, bottom = same_pads(op, h, w)
-        ph, pw = h + top + bottom, w + left + right
-        pad = (0, 0)
+        if (top, left) == (bottom, right):  # symmetric (stride 1): the convolution's own padding
+            pad, ph, pw, top, left = (top, left), h, w, 0, 0
+        else:
+            ph, pw = h + top + bottom, w + left + right
+            pad = (0, 0)
     else:
         top = left = 0
         ph, pw = h, w
@@ -86,7 +89,7 @@ def _linear_plus_adjoint(op: Op, r: torch.Tensor, wplus: torch.Tensor, in_shape:
     base_h = (r.shape[-2] - 1) * op.stride[0] - 2 * pad[0] + op.dilation[0] * (kh - 1) + 1
     base_w = (r.shape[-1] - 1) * op.stride[1] - 2 * pad[1] + op.dilation[1] * (kw - 1) + 1
     out = F.conv_transpose2d(r, wplus, None, op.stride, pad, (ph - base_h, pw - base_w), groups, op.dilation)
-    if op.padding == "same":
+    if out.shape[-2:] != (h, w):
         # the crop is a strided view; made dense again in the batch's layout, since every later
         # op on a view of mixed layout takes a slow path
         out = out[..., top : top + h, left : left + w].contiguous(memory_format=fmt)
