@@ -163,7 +163,9 @@ class Tape:
         self.dtype = dt
         self.fmt = torch.channels_last if rules.channels_last else torch.contiguous_format
         ops = graph.ops
-        self.values: list[torch.Tensor] = [x]
+        # the forward in the tape's layout too: on a CPU it then runs about twice as fast, and
+        # what the tape keeps needs no conversion (bench/RESULTS.md)
+        self.values: list[torch.Tensor] = [x.contiguous(memory_format=self.fmt)]
         self.wplus: dict[int, torch.Tensor] = {}
         self.a: dict[int, torch.Tensor] = {}  # non-negative input of linear ops / identity inputs
         self.z: dict[int, torch.Tensor] = {}  # Z of convs absorbed into a merged junction

@@ -141,7 +141,10 @@ def same_pads(op: Op, height: int, width: int) -> tuple[int, int, int, int]:
 
 def conv_forward(op: Op, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     if op.padding == "same":
-        x = F.pad(x, same_pads(op, x.shape[-2], x.shape[-1]))
+        left, right, top, bottom = same_pads(op, x.shape[-2], x.shape[-1])
+        if (top, left) == (bottom, right):  # symmetric (stride 1): no padded copy of the input
+            return F.conv2d(x, weight, bias, op.stride, (top, left), op.dilation, op.groups)
+        x = F.pad(x, (left, right, top, bottom))
         return F.conv2d(x, weight, bias, op.stride, 0, op.dilation, op.groups)
     return F.conv2d(x, weight, bias, op.stride, op.padding, op.dilation, op.groups)
 
