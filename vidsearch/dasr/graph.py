@@ -120,8 +120,9 @@ class Graph:
         raise AssertionError(op.kind)
 
     def forward(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
-        """Every op's output, up to op `upto` (default: the later of the peak and feature layers)."""
-        values: list[torch.Tensor] = [x]
+        """Every op's output, up to op `upto` (default: the later of the peak and feature layers).
+        On a CPU in channels_last, about twice as fast there (bench/RESULTS.md)."""
+        values: list[torch.Tensor] = [x.contiguous(memory_format=torch.channels_last) if x.device.type == "cpu" else x]
         for i in range(1, (self.last if upto is None else upto) + 1):
             values.append(self.apply(i, [values[j] for j in self.ops[i].inputs]))
         return values
