@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .graph import Graph, Op, conv_forward, same_pads
+from .graph import Graph, Op, conv_forward, same_pads, symmetric_pad
 
 EPS = 1e-20
 
@@ -75,9 +75,10 @@ def _linear_plus_adjoint(op: Op, r: torch.Tensor, wplus: torch.Tensor, in_shape:
     groups = op.groups if op.kind == "conv" else in_shape[1]
     h, w = in_shape[-2:]
     if op.padding == "same":
-        left, right, top, bottom = same_pads(op, h, w)
-        if (top, left) == (bottom, right):  # symmetric (stride 1): the convolution's own padding
-            pad, ph, pw, top, left = (top, left), h, w, 0, 0
+        pads = same_pads(op, h, w)
+        left, right, top, bottom = pads
+        if (own := symmetric_pad(pads)) is not None:  # the transposed convolution's own padding
+            pad, ph, pw, top, left = own, h, w, 0, 0
         else:
             ph, pw = h + top + bottom, w + left + right
             pad = (0, 0)
@@ -106,18 +107,7 @@ class Window:
     h: int
     w: int
     full_h: int
-    _grids: dict = field(default_factory=dict, repr=False, compare=False)
     _starts: dict = field(default_factory=dict, repr=False, compare=False)
-
-    def _grid(self, height: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per peak: the rows (K, h', 1) and columns (K, 1, w') of its window at the stride of a
-        value this high (for paste)."""
-        if height not in self._grids:
-            s = self.full_h // height
-            rows = (self.oy // s)[:, None] + torch.arange(self.h // s, device=self.oy.device)
-            cols = (self.ox // s)[:, None] + torch.arange(self.w // s, device=self.ox.device)
-            self._grids[height] = rows[:, :, None], cols[:, None, :]
-        return self._grids[height]
 
     def crop(self, t: torch.Tensor, frames: torch.Tensor) -> torch.Tensor:
         """(B, C, H', W') of the tape -> (K, C, h', w'): each peak's window at that stride in its
@@ -147,9 +137,10 @@ class Window:
         return self.crop(t, torch.arange(t.shape[0], device=t.device))
 
     def paste(self, maps: torch.Tensor, size) -> torch.Tensor:
-        """(K, h, w) window maps -> (K, H, W), zero outside each window."""
+        """(K, h, w) window maps -> (K, H, W) at input size, zero outside each window."""
         out = maps.new_zeros(maps.shape[0], *size)
-        rows, cols = self._grid(size[0])
+        rows = (self.oy[:, None] + torch.arange(self.h, device=self.oy.device))[:, :, None]
+        cols = (self.ox[:, None] + torch.arange(self.w, device=self.ox.device))[:, None, :]
         out[torch.arange(maps.shape[0], device=maps.device)[:, None, None], rows, cols] = maps
         return out
 
