@@ -136,6 +136,11 @@ def main() -> None:
             print(f"{mode} {dtype}: {rows[f'{mode} {dtype}']}", file=sys.stderr)
         # per peak against the loop: every peak through (cover = 0), as the loop does
         engine = Engine(base.replace(peaks=peaks, nms_iou=nms, dtype="fp32", cover=0.0), args.device, args.weights)
+        if mode == "DASR*" and base.cover > 0:
+            # the same frames without predicted suppression: on a GPU each of its rounds ends in a
+            # host sync, so whether cover pays there is measured here, side by side
+            rows[f"{mode} fp32 cover=0"] = run_engine(engine, batch, args.repeats)
+            print(f"{mode} fp32 cover=0: {rows[f'{mode} fp32 cover=0']}", file=sys.stderr)
         loop = run_per_peak_loop(engine, batch[: args.loop_frames])
         fast = run_engine(engine, batch[: args.loop_frames], 1)
         loop["batched_ms_per_peak_same_frames"] = fast["backprop_ms_per_frame"] / max(1e-9, loop["peaks_per_frame"])
