@@ -402,6 +402,11 @@ def test_cover_skips_peaks_on_objects_already_found(lite0, device):
         assert box_iou(ref, mine).amax(1).mean() >= 0.9  # what the issue asks of a faster variant
     alone = [Engine(Preset(long_side=384, cover=0.3), device, backbone=lite0).extract(frames[i : i + 1]) for i in range(3)]
     assert np.allclose(np.concatenate([a.boxes for a in alone]), fast.boxes, atol=1e-2)
+    padded = Engine(Preset(long_side=384, cover=0.3), device, backbone=lite0)
+    padded.pad_chunks = True  # as on CUDA: each round's chunks padded to a power of two, the padding dropped
+    again = padded.extract(frames)
+    assert np.array_equal(again.frame, fast.frame) and np.allclose(again.boxes, fast.boxes, atol=1e-3)
+    assert padded.counts == engine.counts
 
 
 def test_cell_fractions_of_a_map():
