@@ -27,7 +27,11 @@ cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu-out}"
 SITE=/tmp/site
 WORK=${GPU_SH_WORK:-/tmp/gpu-work}  # logs of every part; $OUT gets a few files (the device brings back 8 at most)
-# GPU_SH_DRY=1: the same steps on the CPU at toy sizes, to check this script without a GPU.
+# GPU_SH_DRY=1: the same steps on the CPU at toy sizes, to check this script without a GPU. Against
+# the device's torch (2.11, not the 2.14.1 pinned here), in a venv of its own:
+#   pip download --no-deps -d /tmp/t211 torch==2.11.0 && python3 -m venv /tmp/v211 && /tmp/v211/bin/pip install
+#     /tmp/t211/torch-2.11.0-*.whl torchvision==0.26.0 + the project's other dependencies, pytest, scikit-image
+#   PATH=/tmp/v211/bin:$PATH GPU_SH_DRY=1 GPU_SH_WORK=/tmp/gw OUT=/tmp/go bash bench/gpu.sh run 1   (then 2, 3)
 if [ -n "${GPU_SH_DRY:-}" ]; then
     DEV=cpu FRAMES=2 REPEATS=1 MINUTES=0.05 SEARCH=1e5 SIZES=40,100 SMALL_SIZE=960x540 LIMIT=900 PRESET=fast TESTS="-k batch" REAL_FPS=0.1
 else
