@@ -14,9 +14,9 @@
 #   device, first call:    run(carry=[".whl/1"], command="bash bench/gpu.sh install")
 #   device, within 30 s:   run(carry=[".whl/2"], command="bash bench/gpu.sh run 1", timeout_s=420)
 #                          # 1: CUDA correctness, the engine's frames/s, the film (limits 360 s)
-#   device, within 30 s:   run(carry=[".gpu-data"], command="bash bench/gpu.sh run 2", timeout_s=330)
-#                          # 2: 10M-region search, the two real videos, decoding (limits 270 s)
-#   device, a later task:  run 3 (variants, small objects, torch.compile; limits 370 s),
+#   device, within 30 s:   run(carry=[".gpu-data"], command="bash bench/gpu.sh run 2", timeout_s=360)
+#                          # 2: 10M-region search, the film with the fast preset, decoding (limits 310 s)
+#   device, a later task:  run 3 (carry .gpu-data: the two real videos, variants, small objects, torch.compile; limits 430 s),
 #                          run 4 (carry .whl/3: Lite2, 5x5 tiles; limits 290 s), archive (50M search, CPU)
 #
 # (A machine stays warm 30 s after a call; what the first calls installed into /tmp/site, and the
@@ -134,7 +134,7 @@ if part 1; then
     #    host side of a slow stage shows where it goes. (Its engine figure sees the preset's ~10
     #    views per 1080p frame, as index does, not one: half the engine step's frames.)
     PIPE=(python3 bench/pipeline.py --device $DEV --preset $PRESET --minutes $MINUTES --engine-frames $((FRAMES / 2))
-          --batch 16 --end-to-end --search-sizes --json "$WORK/pipeline.json")
+          --batch 16 --end-to-end --search-sizes --videos-dir "$WORK/videos" --json "$WORK/pipeline.json")
     if [ -x "$SITE/bin/py-spy" ]; then
         step pipeline 170 timeout -s INT 160 "$SITE/bin/py-spy" record --rate 20 --subprocesses --format raw \
             -o "$WORK/pipeline.spy" -- "${PIPE[@]}"
@@ -146,40 +146,45 @@ if part 2; then
     # 4. Search at 10M regions through a real library (the library's own IVF layout filled with
     #    random codes, exact re-scoring from the shards; the build is most of the step).
     step search 180 python3 bench/archive.py --sizes $SEARCH --index ivf --layout-only --json "$WORK/search.json"
-    # 5. The issue's two-video case (45 s of real 720p at 2 frames/s, 91 frames), the CLI as a user runs it.
+    # 5. What the film costs with the `fast` preset (one 384-px view, DASR peaks, stride-8 stop),
+    #    beside part 1's default: whether any preset meets the 2-hour target, and what it costs.
+    step pipeline-fast 100 python3 bench/pipeline.py --device $DEV --preset fast --minutes $MINUTES \
+        --engine-frames $FRAMES --batch 16 --end-to-end --search-sizes --videos-dir "$WORK/videos" --json "$WORK/pipeline-fast.json"
+    # 6. Decoding alone, one thread against index's default (8 on 16 cores), on the longer real video.
+    ls .gpu-data/*.mp4 >/dev/null 2>&1 && \
+        step decode 30 python3 bench/decode.py .gpu-data/intel_bottle-detection.mp4 --fps $REAL_FPS --workers 1 8
+fi
+if part 3; then
+    # 7. The issue's two-video case (45 s of real 720p at 2 frames/s, 91 frames), the CLI as a user runs it.
     if ls .gpu-data/*.mp4 >/dev/null 2>&1; then
         rm -rf "$WORK/real-lib"
         step real 60 python3 -m vidsearch index .gpu-data/*.mp4 --fps $REAL_FPS --library "$WORK/real-lib" --device $DEV --batch 16
-        # Decoding alone, one thread against index's default (8 on 16 cores), on the longer video.
-        step decode 30 python3 bench/decode.py .gpu-data/intel_bottle-detection.mp4 --fps $REAL_FPS --workers 1 8
     fi
-fi
-if part 3; then
-    # 6. DASR* variants against the exact pass on the same photos (issue 12, part 1): speed and box
+    # 8. DASR* variants against the exact pass on the same photos (issue 12, part 1): speed and box
     #    agreement of spatial windows, predicted suppression (cover: rounds of peaks, a host sync
     #    each), the stride-16 prefilter and DASR peaks on the GPU.
     V=default:tiles=1:whole_frame=false:window=0:cover=0  # the exact pass, against which the rest are judged
     step variants 100 python3 bench/dasr_variants.py skimage --frames $FRAMES --device $DEV --variant $V \
         --variant $V:window=3 --variant $V:window=3:cover=0.3 --variant $V:cover=0.3 --variant $V:window=2 \
         --variant $V:prefilter=stride16:window=3 --variant dasr:tiles=1:whole_frame=false
-    # 7. The default views and query-guided boxes on the generated small-object set (skimage scenes):
+    # 9. The default views and query-guided boxes on the generated small-object set (skimage scenes):
     #    seconds per frame with ~10 views and refine ms per frame on the GPU.
     step small 150 python3 bench/small_objects.py --out "/tmp/smallset-$DEV" --size $SMALL_SIZE --sizes $SIZES --frames 5 \
         --device $DEV --method 'dasr*:tiles=1:whole_frame=false' --method 'dasr*' --method 'dasr*:refine' \
         --protocols cross-scene/crop --no-results --json-dir "$WORK/small"
-    # 8. Last, since it may not finish: the adjoint pass through torch.compile (dynamic shapes; still
+    # 10. Last, since it may not finish: the adjoint pass through torch.compile (dynamic shapes; still
     #    compiling after 150 s on the first H100 run), against the eager rows of the same run.
     #    (Skipped in the dry run: compiling for the CPU takes longer than the whole dry run.)
     [ -n "${GPU_SH_DRY:-}" ] || step compile 120 python3 bench/engine_speed.py --device $DEV --frames $FRAMES --repeats $REPEATS --loop-frames 1 \
         --compile --json "$WORK/compile.json"
 fi
 if part 4; then
-    # 9. Issue 14 on the GPU: 5x5 tiles at about native resolution for 30-60 px objects (the `small`
+    # 11. Issue 14 on the GPU: 5x5 tiles at about native resolution for 30-60 px objects (the `small`
     #    preset; max_upscale 1.1 lets 1080p frames use them), and the Lite2 backbone (.whl/3) with default views.
     step small-more 200 python3 bench/small_objects.py --out "/tmp/smallset-$DEV" --size $SMALL_SIZE --sizes $SIZES --frames 5 \
         --device $DEV --method 'dasr*' --method 'dasr*:tiles=1,3,5:max_upscale=1.1' --method 'dasr*:backbone=efficientnet_lite2' \
         --protocols cross-scene/crop,cross-scene/frame --no-results --json-dir "$WORK/more"
-    # 10. Side by side, extraction as index does it on 1080p frames of that set: the default's views,
+    # 12. Side by side, extraction as index does it on 1080p frames of that set: the default's views,
     #     the `small` preset (+ 5x5 tiles; 3.6x the default's time on the CPU) and Lite2.
     step views-cost 90 python3 bench/dasr_variants.py "/tmp/smallset-$DEV" --frames 4 --device $DEV --views \
         --variant default --variant small --variant lite2
@@ -211,7 +216,7 @@ for s in steps:
     result["steps"][s["step"]] = {"rc": s["rc"], "seconds": s["end"] - s["start"], "gpu_util": util, "gpu_mem_mib": mem}
     lines.append(f"| {s['step']} | {s['rc']} | {s['end'] - s['start']:.0f} | "
                  f"{'' if util is None else f'{util:.0f}'} | {'' if mem is None else f'{mem:.0f}'} |")
-for name in ("engine", "pipeline", "search", "compile"):
+for name in ("engine", "pipeline", "pipeline-fast", "search", "compile"):
     p = out / f"{name}.json"
     if p.exists():
         result[name] = json.loads(p.read_text())
@@ -219,7 +224,7 @@ for p in sorted(out.glob("small/small-*.json")):
     result.setdefault("small", {})[p.stem] = json.loads(p.read_text())
 for p in sorted(out.glob("more/small-*.json")):
     result.setdefault("small-more", {})[p.stem] = json.loads(p.read_text())
-for name in ("tests", "engine", "real", "decode", "pipeline", "search", "compile", "variants", "small", "small-more",
+for name in ("tests", "engine", "pipeline", "search", "pipeline-fast", "decode", "real", "variants", "small", "compile", "small-more",
              "views-cost"):
     log = out / f"{name}.log"
     if log.exists():

@@ -175,6 +175,7 @@ def bench_search(n: int, dim: int = 320, kind: str = "auto", queries: int = 20) 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--video", help="a file instead of generated ones")
+    ap.add_argument("--videos-dir", help="keep the generated videos here and reuse them (default: made anew in a temp dir)")
     ap.add_argument("--minutes", type=float, nargs="+", default=[1.0, 2.0])
     ap.add_argument("--device", default="auto")
     ap.add_argument("--decoder", default="decord")
@@ -195,10 +196,15 @@ def main() -> None:
     report: dict = {"device": args.device, "preset": args.preset, "videos": []}
     try:
         videos = [Path(args.video)] if args.video else []
+        made = Path(args.videos_dir) if args.videos_dir else tmp
+        made.mkdir(parents=True, exist_ok=True)
         for m in ([] if args.video else args.minutes):
-            t0 = time.perf_counter()
-            videos.append(synthetic_video(tmp / f"synthetic-{m:g}min.mp4", m))
-            print(f"made {videos[-1].name} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+            path = made / f"synthetic-{m:g}min.mp4"
+            if not path.exists():  # written under another name first: a run cut short leaves none half-made
+                t0 = time.perf_counter()
+                synthetic_video(made / f"partial-{path.name}", m).rename(path)
+                print(f"made {path.name} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+            videos.append(path)
         for v in videos:
             row = {"video": v.name, "duration_s": probe(v).duration}
             dec = bench_decode(v, args.decoder, args.preset, args.decode_workers)
