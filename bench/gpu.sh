@@ -58,11 +58,16 @@ fetch() {
 
 install() {
     # Into /tmp/site, never over the image's own packages (torch and its CUDA stay as they are).
-    local whl
+    # Each run calls this again, and the wheels of earlier calls stay on a warm machine: a set
+    # already installed (its file list stamped in $SITE) is not unpacked again on device time.
+    local whl stamp
     for whl in .whl/1 .whl/2 .whl/3; do
         [ -d "$whl" ] && ls "$whl"/*.whl >/dev/null 2>&1 || continue
+        stamp="$SITE/.installed-${whl##*/}"
+        [ "$(ls -l "$whl")" = "$(cat "$stamp" 2>/dev/null)" ] && continue
         python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$whl"/*.whl \
             || { echo "gpu.sh: installing the wheels in $whl failed" >&2; return 1; }
+        ls -l "$whl" > "$stamp"
     done
 }
 
