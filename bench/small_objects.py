@@ -74,7 +74,8 @@ def main() -> None:
                                  cache=args.cache or str(out / "cache"),
                                  results=not args.no_results,
                                  json_out=args.json_dir and str(Path(args.json_dir) / f"small-{protocol}-{mode}.json"),
-                                 title=f"Small objects ({args.scenes} scenes, {args.size}, objects {args.sizes} px): "
+                                 title=(f"Preset {args.preset}, s" if args.preset != "default" else "S")
+                                       + f"mall objects ({args.scenes} scenes, {args.size}, objects {args.sizes} px): "
                                        f"{protocol}, {mode} queries")
         eval_dev.run(run)
 
