@@ -67,6 +67,7 @@ def main() -> None:
         scenes = shared_scenes((w, h), count) if args.scenes == "shared" else default_scenes((w, h), count)
         write_set(out, (w, h), sizes, frames=args.frames, scenes=scenes)
         print(f"wrote the set to {out}", file=sys.stderr)
+    subject = "Small objects" if args.preset == "default" else f"Preset {args.preset}, small objects"
     for pm in args.protocols.split(","):
         protocol, mode = pm.split("/")
         run = argparse.Namespace(data=str(out), device=args.device, preset=args.preset, stride=args.stride,
@@ -74,8 +75,7 @@ def main() -> None:
                                  cache=args.cache or str(out / "cache"),
                                  results=not args.no_results,
                                  json_out=args.json_dir and str(Path(args.json_dir) / f"small-{protocol}-{mode}.json"),
-                                 title=(f"Preset {args.preset}, s" if args.preset != "default" else "S")
-                                       + f"mall objects ({args.scenes} scenes, {args.size}, objects {args.sizes} px): "
+                                 title=f"{subject} ({args.scenes} scenes, {args.size}, objects {args.sizes} px): "
                                        f"{protocol}, {mode} queries")
         eval_dev.run(run)
 
