@@ -12,7 +12,7 @@ from vidsearch.config import available_presets, load_preset
 
 # what each preset says it changes against the default (README's preset table)
 AS_DEFAULT_BUT = {
-    "small": {"tiles", "max_upscale"},  # + 5x5 tiles, 1080p enlarged 7 % to fill them
+    "small": {"tiles"},  # + 5x5 tiles
     "dasr": {"peaks", "nms_iou", "cover"},  # DASR peaks, no NMS (so nothing to predict)
     "lite2": {"backbone", "cover"},  # Lite2; cover 0.4 kept its boxes within the IoU 0.9
 }

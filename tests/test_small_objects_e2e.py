@@ -1,5 +1,6 @@
-"""End to end on generated videos: a small object in full-HD footage is found by a crop of it,
-and a crop of a frame that was sampled into the library finds that frame."""
+"""End to end on generated videos: a small object in full-HD footage, and one in a frame under
+1280 px (SD, a proxy), is found by a crop of it; a crop of a frame that was sampled into the
+library finds that frame."""
 
 import json
 from fractions import Fraction
@@ -36,6 +37,42 @@ def full_hd(tmp_path_factory):
     lib = root / "lib"
     run("index", root / "target.mp4", root / "other.mp4", "-l", lib, "-p", SMALL, "--device", "cpu")
     return {"root": root, "boxes": boxes, "lib": lib}
+
+
+@pytest.fixture(scope="module")
+def small_frame(tmp_path_factory):
+    """A 26-px logo drifting over a 640x360 scene, and a distractor video with a 26-px cup; 3 s at
+    12 fps. The test preset sees a 640-px frame whole at 384 px (the logo 16 px, under one feature
+    cell) and as 3x3 tiles enlarged 1.5x (the logo 39 px)."""
+    root = tmp_path_factory.mktemp("smallsd")
+    size = (640, 360)
+    scenes = default_scenes(size, 2, seed=7)
+    occluder = collage(["grass", "brick", "gravel", "coins"], (96, 96), seed=98)
+    frames, boxes = render_sequence(SeqSpec("t", "logo", 0, 26, seed=11), scenes[0], size, 36, occluder)
+    write_video(root / "target.mp4", frames, Fraction(12))
+    x1, y1, x2, y2 = boxes[0]
+    Image.fromarray(frames[0][y1:y2, x1:x2]).save(root / "crop.png")
+    other, _ = render_sequence(SeqSpec("d", "cup", 1, 26, seed=12), scenes[1], size, 36, occluder)
+    write_video(root / "other.mp4", other, Fraction(12))
+    lib = root / "lib"
+    run("index", root / "target.mp4", root / "other.mp4", "-l", lib, "-p", SMALL, "--device", "cpu")
+    return {"root": root, "boxes": boxes, "lib": lib}
+
+
+def test_a_small_object_in_a_small_frame_is_found_in_enlarged_tiles(small_frame):
+    from vidsearch.library import Library
+
+    lib = Library.open(small_frame["lib"])
+    try:
+        assert all(set(lib.load_shard(v.id)["level"].tolist()) == {1, 3} for v in lib.videos())
+    finally:
+        lib.close()
+    result = run("find", "-q", small_frame["root"] / "crop.png", "-l", small_frame["lib"], "--json", "--device", "cpu")
+    segs = json.loads(result.stdout)["segments"]
+    assert Path(segs[0]["video"]).name == "target.mp4"
+    assert all(s["score"] < segs[0]["score"] for s in segs[1:])
+    best = segs[0]["best"]
+    assert iou(best["box"], small_frame["boxes"][best["frame"]]) >= 0.5  # refined onto the logo
 
 
 def test_a_small_object_in_full_hd_is_found_by_its_crop(full_hd):

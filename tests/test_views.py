@@ -95,7 +95,22 @@ def test_one_whole_frame_region_per_frame_first(engine):
     assert np.allclose(np.linalg.norm(r.vectors, axis=1), 1, atol=1e-4)
 
 
-def test_small_preset_sees_full_hd_at_its_own_resolution_and_smaller_frames_as_default():
+def test_default_sees_frames_from_480_px_as_tiles_enlarged_up_to_2_7x():
+    from vidsearch.config import load_preset
+
+    default = load_preset("default")
+    assert level_scales(1920, 1080, default) == pytest.approx({1: 512 / 1920, 3: 1280 / 1920})
+    # a 960x540 proxy, SD and web video: 3x3 tiles, enlarged; decoded at their own size
+    for size, scale in (((960, 540), 1280 / 960), ((640, 360), 2.0), ((480, 270), 1280 / 480)):
+        assert level_scales(*size, default)[3] == pytest.approx(scale)
+        assert len(frame_views(*size, default)) == 1 + 9
+        assert decode_long_side(*size, default) == size[0]
+    assert usable_levels(472, 354, default) == [1]  # 2.71x: one view, as before
+    # a 24-px crop cut from 640x360 footage is also described at the 48 px it has in the tiles
+    assert crop_sizes((24, 24), [(640, 360)], default)[-1] == pytest.approx(48)
+
+
+def test_small_preset_sees_full_hd_at_its_own_resolution_and_smaller_frames_enlarged():
     from vidsearch.config import load_preset
 
     small, default = load_preset("small"), load_preset("default")
@@ -104,8 +119,8 @@ def test_small_preset_sees_full_hd_at_its_own_resolution_and_smaller_frames_as_d
     assert level_scales(1920, 1080, small)[5] == pytest.approx(2048 / 1920)  # a 40-px prop is 43 px
     assert len(frame_views(1920, 1080, small)) == 1 + 9 + 25
     assert decode_long_side(1920, 1080, small) == 1920  # never decoded above the source
-    for size in ((1280, 720), (854, 480), (1800, 1012)):  # level 5 would enlarge these by > 10 %
-        assert usable_levels(*size, small) == usable_levels(*size, default)
+    assert usable_levels(1280, 720, small) == [1, 3, 5]  # level 5 enlarged 1.6x
+    assert usable_levels(640, 360, small) == usable_levels(640, 360, default) == [1, 3]  # 5 would be 3.2x
     # a 40-px crop cut from 1080p: also described at 43 px, the size it has in level-5 tiles
     assert crop_sizes((40, 30), [(1920, 1080)], small)[-1] == pytest.approx(40 * 2048 / 1920)
 

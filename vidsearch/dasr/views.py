@@ -3,9 +3,10 @@
 Level 1 is the whole frame at the preset's long side (the paper's single view). Level n is an
 n×n grid of overlapping tiles, each seen at the long side, i.e. the frame at about n times the
 scale. A level is used for a frame only where its tiles need no more than `max_upscale`
-enlargement (frames larger than the network input gain from it; small ones would only be
-blown up). Regions of every view are mapped back to frame pixels and merged by NMS; each keeps
-its level. A whole-frame region per frame gives shot-level queries something to match.
+enlargement. Enlarging adds no detail, but the network describes on a grid 32 px apart: a 20-px
+object in a 640-px frame only covers feature cells once its tile is enlarged (measured in
+bench/RESULTS.md). Regions of every view are mapped back to frame pixels and merged by NMS; each
+keeps its level. A whole-frame region per frame gives shot-level queries something to match.
 """
 
 from __future__ import annotations
