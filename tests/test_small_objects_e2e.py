@@ -18,45 +18,36 @@ from .helpers import iou, run
 SMALL = str(Path(__file__).parent / "presets" / "small.toml")
 
 
+def logo_and_cup(root: Path, size: tuple[int, int], px: int, seeds: tuple[int, int, int, int],
+                 occluder_px: int) -> dict:
+    """A `px` logo drifting over a scene (partly hidden in every third frame) and a distractor
+    video with a `px` cup over another scene, 3 s at 12 fps, indexed with the test preset; the
+    crop of the logo's first frame is the editor's query. Seeds: scenes, occluder, logo, cup."""
+    scenes = default_scenes(size, 2, seed=seeds[0])
+    occluder = collage(["grass", "brick", "gravel", "coins"], (occluder_px, occluder_px), seed=seeds[1])
+    frames, boxes = render_sequence(SeqSpec("t", "logo", 0, px, seed=seeds[2]), scenes[0], size, 36, occluder)
+    write_video(root / "target.mp4", frames, Fraction(12))
+    x1, y1, x2, y2 = boxes[0]
+    Image.fromarray(frames[0][y1:y2, x1:x2]).save(root / "crop.png")
+    other, _ = render_sequence(SeqSpec("d", "cup", 1, px, seed=seeds[3]), scenes[1], size, 36, occluder)
+    write_video(root / "other.mp4", other, Fraction(12))
+    lib = root / "lib"
+    run("index", root / "target.mp4", root / "other.mp4", "-l", lib, "-p", SMALL, "--device", "cpu")
+    return {"root": root, "boxes": boxes, "lib": lib}
 
 
 @pytest.fixture(scope="module")
 def full_hd(tmp_path_factory):
-    """A 70-px logo drifting over a 1920x1080 scene (0.2 % of the frame, partly hidden in every
-    third frame), and a distractor video with a 70-px cup over another scene; 3 s at 12 fps."""
-    root = tmp_path_factory.mktemp("smallhd")
-    size = (1920, 1080)
-    scenes = default_scenes(size, 2, seed=5)
-    occluder = collage(["grass", "brick", "gravel", "coins"], (256, 256), seed=99)
-    frames, boxes = render_sequence(SeqSpec("t", "logo", 0, 70, seed=3), scenes[0], size, 36, occluder)
-    write_video(root / "target.mp4", frames, Fraction(12))
-    x1, y1, x2, y2 = boxes[0]
-    Image.fromarray(frames[0][y1:y2, x1:x2]).save(root / "crop.png")  # the editor's crop
-    other, _ = render_sequence(SeqSpec("d", "cup", 1, 70, seed=4), scenes[1], size, 36, occluder)
-    write_video(root / "other.mp4", other, Fraction(12))
-    lib = root / "lib"
-    run("index", root / "target.mp4", root / "other.mp4", "-l", lib, "-p", SMALL, "--device", "cpu")
-    return {"root": root, "boxes": boxes, "lib": lib}
+    """A 70-px logo over a 1920x1080 scene (0.2 % of the frame) and a 70-px cup over another."""
+    return logo_and_cup(tmp_path_factory.mktemp("smallhd"), (1920, 1080), 70, (5, 99, 3, 4), 256)
 
 
 @pytest.fixture(scope="module")
 def small_frame(tmp_path_factory):
-    """A 26-px logo drifting over a 640x360 scene, and a distractor video with a 26-px cup; 3 s at
-    12 fps. The test preset sees a 640-px frame whole at 384 px (the logo 16 px, under one feature
-    cell) and as 3x3 tiles enlarged 1.5x (the logo 39 px)."""
-    root = tmp_path_factory.mktemp("smallsd")
-    size = (640, 360)
-    scenes = default_scenes(size, 2, seed=7)
-    occluder = collage(["grass", "brick", "gravel", "coins"], (96, 96), seed=98)
-    frames, boxes = render_sequence(SeqSpec("t", "logo", 0, 26, seed=11), scenes[0], size, 36, occluder)
-    write_video(root / "target.mp4", frames, Fraction(12))
-    x1, y1, x2, y2 = boxes[0]
-    Image.fromarray(frames[0][y1:y2, x1:x2]).save(root / "crop.png")
-    other, _ = render_sequence(SeqSpec("d", "cup", 1, 26, seed=12), scenes[1], size, 36, occluder)
-    write_video(root / "other.mp4", other, Fraction(12))
-    lib = root / "lib"
-    run("index", root / "target.mp4", root / "other.mp4", "-l", lib, "-p", SMALL, "--device", "cpu")
-    return {"root": root, "boxes": boxes, "lib": lib}
+    """A 26-px logo over a 640x360 scene and a 26-px cup over another. The test preset sees a
+    640-px frame whole at 384 px (the logo 16 px, under one feature cell) and as 3x3 tiles
+    enlarged 1.5x (the logo 39 px)."""
+    return logo_and_cup(tmp_path_factory.mktemp("smallsd"), (640, 360), 26, (7, 98, 11, 12), 96)
 
 
 def test_a_small_object_in_a_small_frame_is_found_in_enlarged_tiles(small_frame):
