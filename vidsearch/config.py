@@ -139,20 +139,49 @@ def available_presets() -> list[str]:
 
 
 def load_preset(name_or_path: str = "default") -> Preset:
-    """Load `presets/NAME.toml` or a .toml file path; unknown keys are an error."""
+    """Load `presets/NAME.toml` or a .toml file path; unknown keys are an error.
+
+    `base = "NAME"` (or a .toml path, relative to the file) in a preset takes every key of that
+    preset and then the file's own, so a preset states only what it changes."""
+    path = _preset_path(name_or_path)
+    return preset_from_dict(_preset_data(path, ()), default_name=path.stem)
+
+
+def _preset_path(name_or_path: str, relative_to: Path | None = None) -> Path:
     path = Path(name_or_path)
     if path.suffix != ".toml":
         path = PRESET_DIR / f"{name_or_path}.toml"
+    elif relative_to is not None and not path.is_absolute():
+        path = relative_to / path
     if not path.is_file():
         raise InputError(
             f"unknown preset {name_or_path!r}: choose one of {', '.join(available_presets())} "
             "or give a .toml file"
         )
+    return path
+
+
+def _preset_data(path: Path, chain: tuple[Path, ...]) -> dict:
+    """The file's keys over those of its base presets, all the way down."""
+    if path.resolve() in chain:
+        loop = " -> ".join(p.name for p in (*chain, path.resolve()))
+        raise InputError(f"preset {path}: its base presets form a loop ({loop}); remove one `base`")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"preset file {path} is not valid TOML: {exc}") from None
-    return preset_from_dict(data, default_name=path.stem)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise InputError(f"preset file {path}: base must be a preset name or a .toml path, got {base!r}")
+    inherited = _preset_data(_preset_path(base, path.parent), (*chain, path.resolve()))
+    inherited.pop("name", None)
+    description = inherited.pop("description", "")
+    if "description" not in data:  # say what it is, not what its base was
+        own = ", ".join(f"{k} = {v}" for k, v in data.items() if k != "name")
+        data["description"] = f"{base} with {own}" if own else description
+    return inherited | data
 
 
 def preset_from_dict(data: dict, default_name: str = "custom") -> Preset:
