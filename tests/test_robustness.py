@@ -158,6 +158,23 @@ def test_tiny_crop_warns_but_answers(library, tmp_path):
     json.loads(result.stdout)
 
 
+def test_box_past_the_image_warns_and_names_corners(tmp_path):
+    Image.fromarray(np.full((240, 360, 3), 90, np.uint8)).save(tmp_path / "frame.png")
+    frame = str(tmp_path / "frame.png")
+    # corners 200,100 - 260,180 passed as X,Y,W,H: cut to 200..360 x 100..240, and the hint
+    (q,) = api.make_queries([frame], ["200,100,260,180"])
+    assert q.box == (200.0, 100.0, 360.0, 240.0)
+    assert len(q.warnings) == 1 and "reaches past frame.png (360x240 pixels)" in q.warnings[0]
+    assert "give --box 200,100,60,80" in q.warnings[0]
+    # past the edge but not readable as corners (x2 < x1): the cut is said, no hint
+    (q,) = api.make_queries([frame], ["300,100,100,50"])
+    assert len(q.warnings) == 1 and "was cut to fit" in q.warnings[0] and "corners" not in q.warnings[0]
+    # inside, or touching the edge exactly: nothing to say
+    for text in ("200,100,60,80", "0,0,360,240", "10,10,350,230"):
+        (q,) = api.make_queries([frame], [text])
+        assert q.warnings == [], text
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.text(max_size=30), st.integers(1, 4000), st.integers(1, 4000))
 def test_fuzzed_boxes_give_a_box_inside_or_a_clear_error(text, w, h):

@@ -72,6 +72,21 @@ def box_in_image(box: tuple[float, float, float, float], shape: tuple[int, ...],
     return x1, y1, x2, y2
 
 
+def box_cut_warning(box: tuple[float, float, float, float], shape: tuple[int, ...], what: str) -> str | None:
+    """A warning where (x, y, w, h) reaches past the image and was cut (None where it fits).
+    Where the numbers read as corners x1,y1,x2,y2 would lie inside, it says so: passing corners
+    is the usual way to get here, and the box then silently covers the wrong place."""
+    h_img, w_img = shape[:2]
+    x, y, w, h = box
+    if x >= -0.5 and y >= -0.5 and x + w <= w_img + 0.5 and y + h <= h_img + 0.5:
+        return None
+    text = f"--box {x:g},{y:g},{w:g},{h:g} reaches past {what} ({w_img}x{h_img} pixels) and was cut to fit"
+    if 0 <= x < w <= w_img and 0 <= y < h <= h_img:
+        text += (f"; --box takes X,Y,W,H (a width and height, not corners): if you meant corners, "
+                 f"give --box {x:g},{y:g},{w - x:g},{h - y:g}")
+    return text
+
+
 @dataclass
 class Query:
     source: str
@@ -82,6 +97,14 @@ class Query:
     def to_dict(self) -> dict:
         return {"source": self.source, "box": [round(v, 1) for v in self.box],
                 "size": [int(self.image.shape[1]), int(self.image.shape[0])]}
+
+
+def _query_box(text: str | None, shape: tuple[int, ...], what: str) -> tuple[tuple[float, float, float, float], list[str]]:
+    """--box text (None: the whole image) -> the box as x1, y1, x2, y2 in the image, and warnings."""
+    if not text:
+        return (0.0, 0.0, float(shape[1]), float(shape[0])), []
+    raw = parse_box(text)
+    return box_in_image(raw, shape, what), [m for m in [box_cut_warning(raw, shape, what)] if m]
 
 
 def make_queries(images: list[str], boxes: list[str], query_video: str | None = None,
@@ -95,11 +118,8 @@ def make_queries(images: list[str], boxes: list[str], query_video: str | None = 
     for i, path in enumerate(images):
         img = load_image(path)
         box_text = boxes[i] if len(boxes) == len(images) else (boxes[0] if boxes and not query_video else None)
-        if box_text:
-            box = box_in_image(parse_box(box_text), img.shape, Path(path).name)
-        else:
-            box = (0.0, 0.0, float(img.shape[1]), float(img.shape[0]))
-        queries.append(Query(str(Path(path).resolve()), box, img))
+        box, warnings = _query_box(box_text, img.shape, Path(path).name)
+        queries.append(Query(str(Path(path).resolve()), box, img, warnings))
     if query_video:
         if at is None:
             raise InputError("--query-video needs --at TIME (seconds or HH:MM:SS:FF)")
@@ -108,10 +128,8 @@ def make_queries(images: list[str], boxes: list[str], query_video: str | None = 
         info = probe(query_video)
         seconds = parse_time(at, info.fps)
         frame = read_frame_at(query_video, seconds)
-        box_text = boxes[-1] if boxes else None
-        box = box_in_image(parse_box(box_text), frame.image.shape, Path(query_video).name) if box_text else \
-            (0.0, 0.0, float(frame.image.shape[1]), float(frame.image.shape[0]))
-        queries.append(Query(f"{Path(query_video).resolve()}@{frame.time:.3f}s", box, frame.image))
+        box, warnings = _query_box(boxes[-1] if boxes else None, frame.image.shape, Path(query_video).name)
+        queries.append(Query(f"{Path(query_video).resolve()}@{frame.time:.3f}s", box, frame.image, warnings))
     for q in queries:
         w, h = q.box[2] - q.box[0], q.box[3] - q.box[1]
         if min(w, h) < 32:
