@@ -3,8 +3,8 @@
     python bench/pipeline.py --minutes 1 2 --device cpu --engine-frames 4 --search-sizes 1000000 10000000
     python bench/pipeline.py --video movie.mp4 --device cuda --engine-frames 64
 
-Generates long synthetic H.264 videos (panning real photos, 1080p, 24 fps) unless --video is
-given; indexes each end to end, so the times for 1 and 2 minutes show whether time grows
+Generates long synthetic H.264 videos (panning real photos, 1080p or --size, 24 fps) unless
+--video is given; indexes each end to end, so the times for 1 and 2 minutes show whether time grows
 linearly; prints a table and writes JSON (--json).
 """
 
@@ -177,6 +177,7 @@ def main() -> None:
     ap.add_argument("--video", help="a file instead of generated ones")
     ap.add_argument("--videos-dir", help="keep the generated videos here and reuse them (default: made anew in a temp dir)")
     ap.add_argument("--minutes", type=float, nargs="+", default=[1.0, 2.0])
+    ap.add_argument("--size", default="1920x1080", help="generated videos' frame size, WxH (e.g. 3840x2160)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--decoder", default="decord")
     ap.add_argument("--decode-workers", type=int, help="decode threads (default: as index, 1 on small machines, up to 8)")
@@ -198,11 +199,12 @@ def main() -> None:
         videos = [Path(args.video)] if args.video else []
         made = Path(args.videos_dir) if args.videos_dir else tmp
         made.mkdir(parents=True, exist_ok=True)
+        size = tuple(int(v) for v in args.size.lower().split("x"))
         for m in ([] if args.video else args.minutes):
-            path = made / f"synthetic-{m:g}min.mp4"
+            path = made / (f"synthetic-{m:g}min.mp4" if size == (1920, 1080) else f"synthetic-{m:g}min-{args.size}.mp4")
             if not path.exists():  # written under another name first: a run cut short leaves none half-made
                 t0 = time.perf_counter()
-                synthetic_video(made / f"partial-{path.name}", m).rename(path)
+                synthetic_video(made / f"partial-{path.name}", m, size).rename(path)
                 print(f"made {path.name} in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
             videos.append(path)
         for v in videos:
