@@ -159,7 +159,7 @@ def test_tiny_crop_warns_but_answers(library, tmp_path):
 
 
 def test_box_past_the_image_warns_and_names_corners(tmp_path):
-    Image.fromarray(np.full((240, 360, 3), 90, np.uint8)).save(tmp_path / "frame.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 360, 3), np.uint8)).save(tmp_path / "frame.png")
     frame = str(tmp_path / "frame.png")
     # corners 200,100 - 260,180 passed as X,Y,W,H: cut to 200..360 x 100..240, and the hint
     (q,) = api.make_queries([frame], ["200,100,260,180"])
@@ -173,6 +173,25 @@ def test_box_past_the_image_warns_and_names_corners(tmp_path):
     for text in ("200,100,60,80", "0,0,360,240", "10,10,350,230"):
         (q,) = api.make_queries([frame], [text])
         assert q.warnings == [], text
+
+
+def test_plain_query_warns(tmp_path):
+    rng = np.random.default_rng(0)
+    sky = np.clip(np.array([70, 100, 160]) + rng.normal(0, 2, (120, 160, 3)), 0, 255).astype(np.uint8)
+    frame = sky.copy()
+    frame[20:84, 90:150] = object_crop("coffee")[::4, ::4][:64, :60]
+    Image.fromarray(sky).save(tmp_path / "sky.png")
+    Image.fromarray(frame).save(tmp_path / "frame.png")
+    Image.fromarray(object_crop("coffee")).save(tmp_path / "coffee.png")
+    plain = lambda q: [m for m in q.warnings if "nearly plain" in m]
+    (q,) = api.make_queries([str(tmp_path / "sky.png")], [])
+    assert len(plain(q)) == 1 and "sky.png" in plain(q)[0]
+    (q,) = api.make_queries([str(tmp_path / "frame.png")], ["10,20,60,60"])  # a box on the sky part
+    assert len(plain(q)) == 1
+    (q,) = api.make_queries([str(tmp_path / "frame.png")], ["90,20,60,64"])  # a box on the object
+    assert plain(q) == []
+    (q,) = api.make_queries([str(tmp_path / "coffee.png")], [])
+    assert plain(q) == []
 
 
 @settings(max_examples=200, deadline=None)
