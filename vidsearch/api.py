@@ -142,7 +142,8 @@ def make_queries(images: list[str], boxes: list[str], query_video: str | None = 
             q.warnings.append(f"the query box in {Path(q.source).name} is only {w:.0f}x{h:.0f} pixels: "
                               "recall will be poor; a larger crop works better")
         x1, y1, x2, y2 = (int(round(v)) for v in q.box)
-        spread = float(q.image[y1:max(y2, y1 + 1), x1:max(x2, x1 + 1)].reshape(-1, 3).std(0).max())
+        step = max(1, int(np.sqrt(w * h / 250_000)))  # a quarter-million pixels are plenty for a spread
+        spread = float(q.image[y1:max(y2, y1 + 1):step, x1:max(x2, x1 + 1):step].reshape(-1, 3).std(0).max())
         if spread < PLAIN_QUERY:
             q.warnings.append(f"the query box in {Path(q.source).name} is nearly plain (its pixels vary by "
                               f"{spread:.1f} of 255): sky or a wall matches anywhere, so hits and boxes will be "
