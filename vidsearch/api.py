@@ -120,6 +120,8 @@ def make_queries(images: list[str], boxes: list[str], query_video: str | None = 
         raise InputError("give a query: --query IMAGE (a crop, or a frame with --box X,Y,W,H) or --query-video VIDEO --at TIME --box X,Y,W,H")
     if boxes and images and len(boxes) not in (1, len(images)) and not query_video:
         raise InputError(f"{len(boxes)} --box values for {len(images)} --query images: give one box, or one per image")
+    from .render import crop_box
+
     queries: list[Query] = []
     for i, path in enumerate(images):
         img = load_image(path)
@@ -141,9 +143,8 @@ def make_queries(images: list[str], boxes: list[str], query_video: str | None = 
         if min(w, h) < 32:
             q.warnings.append(f"the query box in {Path(q.source).name} is only {w:.0f}x{h:.0f} pixels: "
                               "recall will be poor; a larger crop works better")
-        x1, y1, x2, y2 = (int(round(v)) for v in q.box)
         step = max(1, int(np.sqrt(w * h / 250_000)))  # a quarter-million pixels are plenty for a spread
-        spread = float(q.image[y1:max(y2, y1 + 1):step, x1:max(x2, x1 + 1):step].reshape(-1, 3).std(0).max())
+        spread = float(crop_box(q.image, q.box, pad=0.0)[::step, ::step].reshape(-1, 3).std(0).max())
         if spread < PLAIN_QUERY:
             q.warnings.append(f"the query box in {Path(q.source).name} is nearly plain (its pixels vary by "
                               f"{spread:.1f} of 255): sky or a wall matches anywhere, so hits and boxes will be "
