@@ -1,7 +1,9 @@
 """End to end through the real CLI, on videos the tests generate from real photos."""
 
 import json
+import re
 import shutil
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +11,9 @@ import pytest
 from PIL import Image
 
 from vidsearch import api
+from vidsearch.cli import out
 from vidsearch.sample import make_sample, object_crop
+from vidsearch.timecode import seconds_to_tc
 
 from .helpers import iou, run
 
@@ -76,7 +80,8 @@ def test_json_schema(world):
         assert s["fps"] == "24" and s["start"] <= s["best"]["time"] < s["end"]
         assert s["start_tc"].count(":") == 3
         for h in s["hits"] + [s["best"]]:
-            assert set(h) == {"time", "frame", "box", "score", "kind", "refined"} and h["kind"] in ("region", "frame")
+            assert set(h) == {"time", "frame", "box", "score", "kind", "refined", "tc"} and h["kind"] in ("region", "frame")
+            assert h["tc"] == seconds_to_tc(h["time"], Fraction(24))
             x1, y1, x2, y2 = h["box"]
             assert 0 <= x1 < x2 <= 640 and 0 <= y1 < y2 <= 360  # the video's own pixels
             assert h["frame"] == round(h["time"] * 24)
@@ -85,6 +90,9 @@ def test_json_schema(world):
 def test_find_table_overlays_and_contact_sheet(world, tmp_path):
     result = run("find", "-q", world["crop"], "-l", world["lib"], "--out", tmp_path / "hits", "--device", "cpu")
     assert any(tc in result.output for tc in ("00:00:02:12", "00:00:03:00", "00:00:04:00"))  # the shot or the hit
+    assert re.search(r"│ 00:00:0[3-6]:00 ", result.output)  # the best hit's own time, beside its box
+    table = [line for line in result.output.splitlines() if line[:1] in "┏┃┡│└"]
+    assert "best frame" in "".join(table) and max(map(len, table)) <= out.width  # the preview fits the terminal
     pngs = sorted(p.name for p in (tmp_path / "hits").glob("*.png"))
     assert "contact-sheet.png" in pngs and any(p.startswith("segment-001") for p in pngs)
     img = np.asarray(Image.open(tmp_path / "hits" / [p for p in pngs if p.startswith("segment-001")][0]))
@@ -213,7 +221,6 @@ def test_second_writer_is_told_who_holds_the_lock(world, tmp_path):
 
 def test_ntsc_video_with_start_timecode_exports_a_relinkable_edl(world, tmp_path):
     import io as _io
-    from fractions import Fraction
 
     import pycmx
 
@@ -228,6 +235,8 @@ def test_ntsc_video_with_start_timecode_exports_a_relinkable_edl(world, tmp_path
     seg = json.loads(result.stdout)["segments"][0]
     assert seg["fps"] == "30000/1001" and seg["media_start_tc"] == "01:00:00;00"
     assert seg["start_tc"].startswith("01:00:0") and ";" in seg["start_tc"]
+    assert seg["best"]["tc"] == seconds_to_tc(seg["best"]["time"], Fraction(30000, 1001), start_tc="01:00:00;00")
+    assert seg["best"]["tc"].startswith("01:00:0") and ";" in seg["best"]["tc"]
     text = edl_path.read_text()
     assert "FCM: DROP FRAME" in text
     (edit,) = [e.edits[0] for e in pycmx.parse_cmx3600(_io.StringIO(text)).events if e.edits][:1]

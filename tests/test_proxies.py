@@ -75,6 +75,7 @@ def test_results_name_the_original(footage, tmp_path):
     for mine, theirs in zip(seg["hits"], plain["hits"]):
         assert mine["box"] == pytest.approx([2 * v for v in theirs["box"]], abs=0.11)  # original pixels
         assert mine["frame"] == round(mine["time"] * 25)
+        assert mine["tc"] == f"10:00:{int(mine['time']):02d}:{round(mine['time'] % 1 * 25):02d}"  # the original's timecode
     # exports point at the original: clip name, reel, source timecode
     hits = tmp_path / "hits.json"
     hits.write_text(json.dumps({"segments": [seg]}))

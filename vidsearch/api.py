@@ -591,10 +591,10 @@ def write_overlays(segments, frames: dict[int, np.ndarray], out_dir: str | Path)
         if i not in frames:
             continue
         d = seg.to_dict()
-        label = f"#{i + 1} {d['score']:.2f} {d['start_tc']}"
+        label = f"#{i + 1} {d['score']:.2f} {d['best']['tc']}"  # the picture's own time, not the segment's start
         name = f"segment-{i + 1:03d}_{Path(seg.video.path).stem[:40]}_{d['start_tc'].replace(':', '-').replace(';', '-')}.png"
         written.append(save_png(draw_box(frames[i], seg.best.box, label), out_dir / name))
-        tiles.append((crop_box(frames[i], seg.best.box, pad=0.25), f"#{i + 1} {d['start_tc']} {d['score']:.2f}"))
+        tiles.append((crop_box(frames[i], seg.best.box, pad=0.25), f"#{i + 1} {d['best']['tc']} {d['score']:.2f}"))
     if tiles:
         written.append(save_png(contact_sheet(tiles), out_dir / "contact-sheet.png"))
     return written

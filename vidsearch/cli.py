@@ -205,22 +205,29 @@ def _print_segments(data: dict, frames: dict, previews: bool, frame_boxes: list)
         out.print(f"no match above score {data['query']['threshold']:.3f} in {data['query']['regions_scored']} regions; "
                   "try --min-score lower, another crop, or several --query views")
         return
-    table = Table(title=f"{len(segs)} segments · threshold {data['query']['threshold']:.3f}")
-    for col in ("#", "video", "start – end", "score", "match", "best box (x1,y1,x2,y2)", "frames"):
-        table.add_column(col, no_wrap=col in ("#", "start – end", "score", "match"), min_width=10 if col == "video" else None,
-                         overflow="fold")
-    show = previews and bool(frames)
-    if show:
-        table.add_column("best frame")
-    for i, s in enumerate(segs, 1):
+    rows = []
+    for s in segs:
         match = s.get("match")
-        row = [str(i), Path(s["video"]).name, f"{s['start_tc']} – {s['end_tc']}", f"{s['score']:.3f}",
-               "-" if match is None else f"{match:.3f}", ",".join(f"{v:.0f}" for v in s["best"]["box"]), str(len(s["hits"]))]
-        if show:
-            img = frames.get(i - 1)
-            row.append(half_blocks(crop_box(img, frame_boxes[i - 1]), 20) if img is not None else "")
-        table.add_row(*row)
+        rows.append([str(len(rows) + 1), Path(s["video"]).name, f"{s['start_tc']}\n{s['end_tc']}",
+                     f"{s['score']:.3f}\n" + ("-" if match is None else f"{match:.3f}"),
+                     f"{s['best']['tc']}\n" + ",".join(f"{v:.0f}" for v in s["best"]["box"]), str(len(s["hits"]))])
+    table = _segments_table(data, rows)
+    if previews and frames:
+        # as wide as the terminal leaves (at most 20 cells, the picture's 40 pixels), never under 8
+        width = min(20, max(8, out.width - out.measure(table).maximum - 3))
+        table = _segments_table(data, [row + [half_blocks(crop_box(frames[i], frame_boxes[i]), width) if i in frames else ""]
+                                       for i, row in enumerate(rows)], preview=True)
     out.print(table)
+
+
+def _segments_table(data: dict, rows: list, preview: bool = False) -> Table:
+    table = Table(title=f"{len(rows)} segments · threshold {data['query']['threshold']:.3f}")
+    # two lines per cell where it saves width: an 80-column terminal then keeps the preview
+    for col in ("#", "video", "start\nend", "score\nmatch", "best hit\nx1,y1,x2,y2", "frames") + (("best frame",) if preview else ()):
+        table.add_column(col, no_wrap=col != "video", min_width=10 if col == "video" else None, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
 
 
 @app.command()

@@ -55,9 +55,11 @@ class Segment:
         rate = parse_rate(media.fps)
 
         def hit(h: Hit) -> dict:
+            d = h.to_dict()
             if original:
-                return rescale_hit(h.to_dict(), media.width / v.width, media.height / v.height, float(rate))
-            return h.to_dict()
+                d = rescale_hit(d, media.width / v.width, media.height / v.height, float(rate))
+            # the hit's own timecode: what an editor types to see the frame its box is on
+            return {**d, "tc": seconds_to_tc(h.time, rate, start_tc=media.start_tc)}
 
         out = {
             "video": media.path,
