@@ -5,12 +5,18 @@ hit `find` returns is checked against the sequence's box at its frame (a hit in 
 a wrong one).
 
     python bench/find_real.py ../shared/data/instance-dev --work /tmp/find_real --device cpu
+    python bench/find_real.py /tmp/small --work /tmp/find_small --encode-fps 1 --query crop
 
 Per sequence: the object's size, how many of the sampled frames showing it are hits (recall),
 how many hits are on frames showing it (precision), and how many of those hits' boxes reach
 IoU 0.5 with the truth, both as stored (the regions, `--no-refine`) and as `find` shows them
 (refined with the query; every hit refined here, where `find` on a CPU refines 10 by default).
 The videos and the library stay in --work, so a second run only searches.
+
+Where several sequences show one object (meta.json "instance", as in the generated sets of
+bench/small_objects.py), a hit on any of them is a right one, and recall counts the sampled
+frames of all of them ("other clips": of those but the query's own). `--query crop` searches
+with the box cut out of the query frame, the editor's usual query, instead of frame + box.
 """
 
 from __future__ import annotations
@@ -31,10 +37,10 @@ from vidsearch.evaluate import Sequence, iou, load_sequences  # noqa: E402
 from vidsearch.library import Library  # noqa: E402
 from vidsearch.sample import write_video  # noqa: E402
 
-FPS = 10  # every sequence is encoded as 10 frames/s footage (UAV123@10fps is; the rest are 24-30)
+FPS = 10  # by default every sequence is encoded as 10 frames/s footage (UAV123@10fps is; the rest are 24-30)
 
 
-def encode(seq: Sequence, path: Path) -> Path:
+def encode(seq: Sequence, path: Path, fps: float = FPS) -> Path:
     """The sequence's frames as an H.264 video (cropped to even sizes, as yuv420p needs)."""
     from PIL import Image
 
@@ -42,7 +48,7 @@ def encode(seq: Sequence, path: Path) -> Path:
         return path
     w, h = seq.size[0] // 2 * 2, seq.size[1] // 2 * 2
     frames = [np.asarray(Image.open(p).convert("RGB"))[:h, :w] for p in seq.frames]
-    return write_video(path, frames, fps=Fraction(FPS))
+    return write_video(path, frames, fps=Fraction(fps).limit_denominator(1001))
 
 
 def query_frame(seq: Sequence, every: int) -> int:
@@ -53,40 +59,51 @@ def query_frame(seq: Sequence, every: int) -> int:
     raise SystemExit(f"{seq.name}: the object is never seen between sampled frames")
 
 
-def measure(seq: Sequence, video: Path, lib: Path, work: Path, args) -> dict:
+def sampled_showing(seq: Sequence, video: Path, handle: Library) -> set[int]:
+    """The frames of the sequence's video that were indexed and show its object."""
+    row = next(v for v in handle.videos() if Path(v.path).resolve() == video.resolve())
+    sampled = [int(f) for f in handle.load_shard(row.id, ("sample_frame",))["sample_frame"]]
+    return {f for f in sampled if f < len(seq.boxes) and seq.boxes[f] is not None}
+
+
+def measure(seq: Sequence, video: Path, clips: dict, lib: Path, work: Path, args) -> dict:
+    """clips: every video -> (its sequence, its sampled frames showing its object)."""
     from PIL import Image
 
-    every = round(FPS / args.fps)
+    every = max(1, round(args.encode_fps / args.fps))
     q = query_frame(seq, every)
-    crop = work / f"{seq.name}-query.png"
-    Image.open(seq.frames[q]).convert("RGB").save(crop)
     x1, y1, x2, y2 = seq.boxes[q]
-    box = f"{x1:.0f},{y1:.0f},{x2 - x1:.0f},{y2 - y1:.0f}"  # find's --box: x,y,w,h
+    crop = work / f"{seq.name}-query.png"
+    image = Image.open(seq.frames[q]).convert("RGB")
+    if args.query == "crop":
+        image.crop((int(x1), int(y1), int(np.ceil(x2)), int(np.ceil(y2)))).save(crop)
+        box = None
+    else:
+        image.save(crop)
+        box = f"{x1:.0f},{y1:.0f},{x2 - x1:.0f},{y2 - y1:.0f}"  # find's --box: x,y,w,h
+    # right answers: the sampled frames showing this object, in its own clip and any other showing it
+    truth = {(v, f): s for v, (s, showing) in clips.items() if s.instance == seq.instance for f in showing}
+    own = video.resolve()
 
-    handle = Library.open(str(lib))
-    try:
-        row = next(v for v in handle.videos() if Path(v.path).resolve() == video.resolve())
-        sampled = [int(f) for f in handle.load_shard(row.id, ("sample_frame",))["sample_frame"]]
-    finally:
-        handle.close()
-    showing = {f for f in sampled if f < len(seq.boxes) and seq.boxes[f] is not None}
-
-    out = {"sequence": seq.name, "size": list(seq.size), "query_frame": q, "sampled_showing": len(showing)}
+    out = {"sequence": seq.name, "size": list(seq.size), "query_frame": q, "sampled_showing": len(truth),
+           "other_showing": sum(v != own for v, _ in truth)}
     sides = [max(b[2] - b[0], b[3] - b[1]) for b in seq.boxes if b is not None]
     out["object_px"] = float(np.median(sides))
     out["object_area"] = float(np.median([seq.area_fraction(i) for i, b in enumerate(seq.boxes) if b is not None]))
     for name, kwargs in (("regions", {"refine": False, "rerank": 0}),
                          ("shown", {"refine": True, "refine_frames": 10_000})):
-        found = api.find([str(crop)], [box], str(lib), top=args.top, device=args.device, **kwargs)
-        hits = [(Path(s.video.path).resolve() == video.resolve(), h) for s in found.result.segments for h in s.hits]
-        on = [h for mine, h in hits if mine and h.frame in showing]
-        ious = [iou(tuple(h.box), seq.boxes[h.frame]) for h in on]
+        found = api.find([str(crop)], [box] if box else [], str(lib), top=args.top, device=args.device, **kwargs)
+        hits = [(Path(s.video.path).resolve(), h) for s in found.result.segments for h in s.hits]
+        on = [(v, h) for v, h in hits if (v, h.frame) in truth]
+        ious = [iou(tuple(h.box), truth[v, h.frame].boxes[h.frame]) for v, h in on]
         out[f"{name}_hits"] = len(hits)
-        out[f"{name}_recall"] = len({h.frame for h in on}) / max(1, len(showing))
+        out[f"{name}_recall"] = len({(v, h.frame) for v, h in on}) / max(1, len(truth))
+        out[f"{name}_other_recall"] = (len({(v, h.frame) for v, h in on if v != own}) / out["other_showing"]
+                                       if out["other_showing"] else float("nan"))
         out[f"{name}_precision"] = len(on) / max(1, len(hits))
         out[f"{name}_iou50"] = float(np.mean([v >= 0.5 for v in ious])) if on else 0.0
         out[f"{name}_miou"] = float(np.mean(ious)) if on else 0.0
-        out[f"{name}_kinds"] = sorted({h.kind for h in on})
+        out[f"{name}_kinds"] = sorted({h.kind for _, h in on})
     return out
 
 
@@ -95,7 +112,10 @@ def main() -> None:
     ap.add_argument("data", help="a folder of tracking sequences (vidsearch eval's layout)")
     ap.add_argument("--work", default="/tmp/find_real", help="videos and libraries are kept here")
     ap.add_argument("--preset", default="default")
-    ap.add_argument("--fps", type=float, default=1.0, help="frames indexed per second of the 10 fps videos")
+    ap.add_argument("--fps", type=float, default=1.0, help="frames indexed per second of the videos")
+    ap.add_argument("--encode-fps", type=float, default=FPS, help="the videos' frame rate (a sequence's frames, one per frame)")
+    ap.add_argument("--query", choices=("frame", "crop"), default="frame",
+                    help="frame: the query frame with the object's box; crop: the box cut out of it")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--top", type=int, default=20)
     ap.add_argument("--only", action="append", default=[], help="a sequence's name (repeatable)")
@@ -104,26 +124,37 @@ def main() -> None:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     seqs = [s for s in load_sequences(args.data) if not args.only or s.name in args.only]
-    videos = [encode(s, work / f"{s.name}.mp4") for s in seqs]
+    videos = [encode(s, work / f"{s.name}.mp4", args.encode_fps) for s in seqs]
     lib = work / f"lib-{Path(args.preset).stem}"
     api.index_videos([str(v) for v in videos], str(lib), args.preset, fps=args.fps, device=args.device)
+    handle = Library.open(str(lib))
+    try:
+        clips = {v.resolve(): (s, sampled_showing(s, v, handle)) for s, v in zip(seqs, videos)}
+    finally:
+        handle.close()
     rows = []
-    print(f"{len(seqs)} clips in one library, {args.preset} preset, {args.fps:g} frame/s of {FPS} fps; "
-          "find's defaults but every hit refined")
-    print("| sequence | frame | object px (area) | sampled frames showing it | hits: recall / precision "
-          "(regions; shown) | boxes IoU>=0.5: regions / shown | mean IoU: regions / shown |")
+    print(f"{len(seqs)} clips in one library, {args.preset} preset, {args.fps:g} frame/s of {args.encode_fps:g} fps, "
+          f"{args.query} queries; find's defaults but every hit refined")
+    print("| sequence | frame | object px (area) | sampled frames showing it (other clips) | hits: recall (other "
+          "clips) / precision | boxes IoU>=0.5: regions / shown | mean IoU: regions / shown |")
     print("|---|---|---|---|---|---|---|")
     for seq, video in zip(seqs, videos):
-        r = measure(seq, video, lib, work, args)
+        r = measure(seq, video, clips, lib, work, args)
         rows.append(r)
         print(f"| {r['sequence']} | {r['size'][0]}x{r['size'][1]} | {r['object_px']:.0f} ({100 * r['object_area']:.1f} %) "
-              f"| {r['sampled_showing']} | {r['regions_recall']:.2f} / {r['regions_precision']:.2f}; "
-              f"{r['shown_recall']:.2f} / {r['shown_precision']:.2f} "
+              f"| {r['sampled_showing']} ({r['other_showing']}) | {r['shown_recall']:.2f} "
+              f"({r['shown_other_recall']:.2f}) / {r['shown_precision']:.2f} "
               f"| {r['regions_iou50']:.2f} / {r['shown_iou50']:.2f} | {r['regions_miou']:.2f} / {r['shown_miou']:.2f} |",
               flush=True)
-    keys = ("regions_recall", "regions_precision", "shown_recall", "shown_precision", "regions_iou50", "shown_iou50",
-            "regions_miou", "shown_miou")
-    print("mean: " + ", ".join(f"{k} {np.mean([r[k] for r in rows]):.3f}" for k in keys))
+    keys = ("regions_recall", "regions_precision", "shown_recall", "shown_other_recall", "shown_precision",
+            "regions_iou50", "shown_iou50", "regions_miou", "shown_miou")
+    groups = {"all": rows}
+    for seq, r in zip(seqs, rows):  # generated sets: also by the size the object was pasted at
+        meta = seq.frames[0].parent.parent / "meta.json"
+        if meta.is_file() and "object_px" in json.loads(meta.read_text()):
+            groups.setdefault(f"{json.loads(meta.read_text())['object_px']} px", []).append(r)
+    for name, group in groups.items():
+        print(f"mean {name} ({len(group)}): " + ", ".join(f"{k} {np.nanmean([r[k] for r in group]):.3f}" for k in keys))
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 
