@@ -151,8 +151,9 @@ def main() -> None:
     groups = {"all": rows}
     for seq, r in zip(seqs, rows):  # generated sets: also by the size the object was pasted at
         meta = seq.frames[0].parent.parent / "meta.json"
-        if meta.is_file() and "object_px" in json.loads(meta.read_text()):
-            groups.setdefault(f"{json.loads(meta.read_text())['object_px']} px", []).append(r)
+        px = json.loads(meta.read_text()).get("object_px") if meta.is_file() else None
+        if px is not None:
+            groups.setdefault(f"{px} px", []).append(r)
     for name, group in groups.items():
         print(f"mean {name} ({len(group)}): " + ", ".join(f"{k} {np.nanmean([r[k] for r in group]):.3f}" for k in keys))
     if args.json:
