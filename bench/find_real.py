@@ -92,7 +92,8 @@ def measure(seq: Sequence, video: Path, clips: dict, lib: Path, work: Path, args
     out["object_area"] = float(np.median([seq.area_fraction(i) for i, b in enumerate(seq.boxes) if b is not None]))
     for name, kwargs in (("regions", {"refine": False, "rerank": 0}),
                          ("shown", {"refine": True, "refine_frames": 10_000})):
-        found = api.find([str(crop)], [box] if box else [], str(lib), top=args.top, device=args.device, **kwargs)
+        found = api.find([str(crop)], [box] if box else [], str(lib), top=args.top, device=args.device,
+                         verify=args.verify, **kwargs)
         hits = [(Path(s.video.path).resolve(), h) for s in found.result.segments for h in s.hits]
         on = [(v, h) for v, h in hits if (v, h.frame) in truth]
         ious = [iou(tuple(h.box), truth[v, h.frame].boxes[h.frame]) for v, h in on]
@@ -118,6 +119,8 @@ def main() -> None:
                     help="frame: the query frame with the object's box; crop: the box cut out of it")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--top", type=int, default=20)
+    ap.add_argument("--no-verify", dest="verify", action="store_false",
+                    help="keep the re-ranked segments whose match does not stand out (find --no-verify)")
     ap.add_argument("--only", action="append", default=[], help="a sequence's name (repeatable)")
     ap.add_argument("--json", help="write the rows here too")
     args = ap.parse_args()
@@ -134,7 +137,7 @@ def main() -> None:
         handle.close()
     rows = []
     print(f"{len(seqs)} clips in one library, {args.preset} preset, {args.fps:g} frame/s of {args.encode_fps:g} fps, "
-          f"{args.query} queries; find's defaults but every hit refined")
+          f"{args.query} queries; find's defaults{'' if args.verify else ' without verification'} but every hit refined")
     print("| sequence | frame | object px (area) | sampled frames showing it (other clips) | hits: recall (other "
           "clips) / precision | boxes IoU>=0.5: regions / shown | mean IoU: regions / shown |")
     print("|---|---|---|---|---|---|---|")

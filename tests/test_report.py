@@ -97,6 +97,16 @@ def test_page_has_a_card_per_segment_with_boxes_drawn(clip, tmp_path):
     assert second["imgs"] == [] and second["data-playable"] == "0"
     assert "cannot be read any more" in text
     assert text.count("match 0.731") == 1 and text.count(" · match ") == 1  # only the re-ranked one says its match
+    assert "dropped" not in text
+
+
+def test_page_says_how_many_segments_verification_dropped(clip, tmp_path):
+    root, video, truth = clip
+    data = result_for(video, truth)
+    data["query"]["verify"] = {"cut": 0.5512, "background": 0.41, "sigma": 0.03, "best": 0.7, "checked": 5, "dropped": 3}
+    text = write_report(data, tmp_path / "page").read_text()
+    assert "1 segment in 1 video · threshold 0.300 · 3 of 5 re-ranked segments dropped: their match with the query " \
+           "was below 0.55" in text
 
 
 def test_page_replaces_its_own_old_pictures_only(clip, tmp_path):

@@ -123,7 +123,7 @@ def test_rerank_orders_segments_by_the_querys_match(full_hd):
     """find re-ranks its first segments by the query-guided match (by default the first 20):
     here every segment is checked, the logo's own video comes first, and the JSON and
     the table show each segment's match; --rerank 0 leaves the region order and no match."""
-    args = ("find", "-q", full_hd["root"] / "crop.png", "-l", full_hd["lib"], "--device", "cpu")
+    args = ("find", "-q", full_hd["root"] / "crop.png", "-l", full_hd["lib"], "--device", "cpu", "--no-verify")
     segs = json.loads(run(*args, "--json").stdout)["segments"]
     matches = [s["match"] for s in segs]
     assert None not in matches and matches == sorted(matches, reverse=True)
@@ -134,3 +134,21 @@ def test_rerank_orders_segments_by_the_querys_match(full_hd):
     assert sorted((s["video"], s["start"]) for s in off) == sorted((s["video"], s["start"]) for s in segs)
     table = run(*args, "--no-previews").stdout
     assert "match" in table and f"{segs[0]['match']:.3f}" in table
+
+
+def test_segments_whose_match_does_not_stand_out_are_dropped(full_hd):
+    """The cup's video shares nothing with the logo but a region score the automatic threshold
+    lets through: its segments are re-ranked below the logo's, and verification drops them
+    (their match lies nearer the background than the logo's), says so, and --no-verify keeps them."""
+    args = ("find", "-q", full_hd["root"] / "crop.png", "-l", full_hd["lib"], "--device", "cpu", "--json")
+    every = json.loads(run(*args, "--no-verify").stdout)
+    assert every["query"]["verify"] is None
+    assert {Path(s["video"]).name for s in every["segments"]} == {"target.mp4", "other.mp4"}, every["segments"]
+    result = run(*args)
+    data = json.loads(result.stdout)
+    v = data["query"]["verify"]
+    assert [Path(s["video"]).name for s in data["segments"]] == ["target.mp4"]
+    assert v["checked"] == len(every["segments"]) and v["dropped"] == len(every["segments"]) - 1
+    assert v["best"] == data["segments"][0]["match"] > v["cut"] > v["background"]
+    assert all(s["match"] < v["cut"] for s in every["segments"] if Path(s["video"]).name == "other.mp4")
+    assert f"{v['dropped']} of {v['checked']} re-ranked segments dropped" in result.stderr.replace("\n", " ")

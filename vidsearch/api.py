@@ -15,6 +15,7 @@ from .dasr.query import query_views
 from .errors import InputError, LibraryError, VidsearchError
 from .library import CATALOG, Library, content_key
 from .search import SearchResult, fuse, search
+from .verify import BACKGROUND_MATCHES, Verdict, background_pairs, verdict_note, verify_segments
 from .video import Sampler, open_source, probe, read_ahead, read_frame_at
 
 
@@ -415,11 +416,13 @@ class FindResult:
     preset: str
     result: SearchResult
     warnings: list[str]
+    verdict: Verdict | None = None  # how re-ranked segments were kept or dropped (verify.py)
 
     def to_dict(self) -> dict:
         return {
             "query": {"images": [q.to_dict() for q in self.query], "threshold": round(self.result.threshold, 4),
-                      "regions_scored": self.result.regions_scored},
+                      "regions_scored": self.result.regions_scored,
+                      "verify": self.verdict.to_dict() if self.verdict else None},
             "library": self.library,
             "preset": self.preset,
             "segments": [s.to_dict() for s in self.result.segments],
@@ -430,10 +433,11 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
          min_score: float | None = None, query_video: str | None = None, at: str | None = None,
          device: str = "auto", weights: str | None = None, preset: str | None = None, refine: bool = True,
          refine_frames: int | None = None, progress=None, snap: str = "shots",
-         rerank: int | None = None) -> FindResult:
+         rerank: int | None = None, verify: bool = True) -> FindResult:
     """Search the library. The best hits of the first `rerank` segments (default RERANK_DEPTH;
     0: none) are matched with the query (refine.py) and those segments ordered by the match,
-    above the rest. With `refine`, the boxes of the frames shown (the
+    above the rest; with `verify`, those whose match does not stand out from the library's
+    background are dropped (verify.py). With `refine`, the boxes of the frames shown (the
     re-ranked hits, then every segment's best hit, then the rest, up to `refine_frames`: by
     default 200 on a GPU, 10 on the CPU) are looked for again with the query. `snap` shots
     widens segments to whole shots (where the video was indexed with shot detection), samples
@@ -475,17 +479,22 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
             notes += snap_notes
         # one set of templates and decoded-video probes for re-ranking and boxes
         matcher = _Matcher(engine, queries) if result.segments and (depth or refine) else None
+        verdict = None
         if depth and result.segments:
             result.segments, rerank_notes = rerank_segments(engine, queries, result.segments, depth, refine, progress,
                                                             matcher)
             notes += rerank_notes
+            if verify:
+                result.segments, verdict, verify_notes = verify_matches(lib, videos, matcher, result.segments, gpu,
+                                                                        progress)
+                notes += verify_notes
         result.segments = result.segments[:top]
         if refine and result.segments:
             limit = refine_frames or (200 if gpu else 10)
             notes += refine_hits(engine, queries, result.segments, limit, progress, matcher)
         _, bad = lib.readable_videos()
         notes += [f"skipped {v.path}: its shard is unreadable ({why}); re-index it" for v, why in bad]
-        return FindResult(queries, str(lib.root), stored.name, result, notes)
+        return FindResult(queries, str(lib.root), stored.name, result, notes, verdict)
     finally:
         lib.close()
 
@@ -550,6 +559,24 @@ def rerank_segments(engine, queries: list[Query], segments: list, depth: int, re
             seg.best.refined = True
     ranked = sorted((s for s in checked if s.match is not None), key=lambda s: -s.match)
     return ranked + [s for s in checked if s.match is None] + segments[depth:], matcher.notes("not re-ranked")
+
+
+def verify_matches(lib: Library, videos: list, matcher: _Matcher, segments: list, gpu: bool,
+                   progress=None) -> tuple[list, Verdict | None, list[str]]:
+    """verify.py on re-ranked segments: the template matched at random regions of the library
+    (BACKGROUND_MATCHES), then the segments whose match does not stand out dropped. Returns the
+    segments, the verdict and notes for the user."""
+    if not any(s.match is not None for s in segments):
+        return segments, None, []
+    pairs = background_pairs(lib, videos, BACKGROUND_MATCHES["cuda" if gpu else "cpu"])
+    tick = progress("matching the background", len(pairs)) if progress else None
+    background = [f.score for f in matcher.match_all(pairs, tick) if f is not None]
+    if not background:
+        return segments, None, ["re-ranked segments were not verified: no background region of the library could "
+                                "be decoded"]
+    kept, verdict = verify_segments(segments, background)
+    note = verdict_note(verdict)
+    return kept, verdict, [note] if note else []
 
 
 def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progress=None,

@@ -160,6 +160,7 @@ def find(
     snap: str = typer.Option("shots", "--snap", help="shots: each segment is the whole shot(s) its hits lie in (where the video was indexed with shot detection); samples: from the first hit to the sample after the last."),
     refine_frames: Optional[int] = typer.Option(None, "--refine-frames", min=1, help="At most this many hit frames refined, best hits first (default: 200 on a GPU, 10 on the CPU, a few seconds each there)."),
     rerank: Optional[int] = typer.Option(None, "--rerank", min=0, help="Re-rank the first N segments by how well the query matches their best hit, a finer check than the region score (default: 20; about half a second each on the CPU; 0: off)."),
+    verify: bool = typer.Option(True, "--verify/--no-verify", help="Drop re-ranked segments whose match with the query lies nearer the library's background (the query matched at a few random places) than the best match."),
 ) -> None:
     """Find where the query object appears: segments with timecodes, boxes and previews."""
     if export_format and not export_out:
@@ -171,7 +172,8 @@ def find(
 
         result = api.find([str(q) for q in query], box, str(library) if library else None, top, min_score,
                           str(query_video) if query_video else None, at, device, weights, refine=refine,
-                          refine_frames=refine_frames, progress=start, snap=snap, rerank=rerank)
+                          refine_frames=refine_frames, progress=start, snap=snap, rerank=rerank,
+                          verify=verify)
     data = result.to_dict()
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)  # [shots] is not markup

@@ -282,6 +282,10 @@ def _page(data: dict, cards: list[str], queries: list[tuple[str, str]], missing:
                f"video{'s' if len({s['video'] for s in segs}) != 1 else ''}")
     if "threshold" in q:
         summary += f" · threshold {float(q['threshold']):.3f}"
+    verify = q.get("verify") or {}
+    if verify.get("dropped"):  # the editor should know segments were left out, and why
+        summary += (f" · {verify['dropped']} of {verify['checked']} re-ranked segments dropped: "
+                    f"their match with the query was below {float(verify['cut']):.2f}")
     body = "".join(cards) or "<p>No segment matched: try find --min-score lower, or another crop.</p>"
     warn = "".join(f"<p class=\"missing\">{e(m)} cannot be read any more</p>" for m in missing)
     meta = json.dumps({"library": data.get("library"), "preset": data.get("preset")})
