@@ -129,7 +129,7 @@ def auto_threshold(index, q: np.ndarray, background: np.ndarray | None = None) -
         return rule, None
     return best, (f"the best match ({best:.2f}) does not stand out from the library's other regions "
                   f"(median {med:.2f}, sigma {sigma:.2f}): only the best frame is shown; "
-                  f"--min-score S shows everything above S")
+                  f"--min-score S --no-verify shows everything above S")
 
 
 def retrieve(index, q: np.ndarray, min_score: float, max_regions: int = 200_000, max_k: int | None = None,
