@@ -109,7 +109,12 @@ def background_stats(index, q: np.ndarray, background: np.ndarray | None = None,
         n = index.ntotal
         pos = np.sort(np.random.default_rng(seed).choice(n, min(n, sample), replace=False)).astype(np.int64)
         background = faiss.downcast_index(index.index).reconstruct_batch(pos)
-    s = (background @ q.T).max(1)
+    return robust_stats((background @ q.T).max(1))
+
+
+def robust_stats(values) -> tuple[float, float]:
+    """Median and robust sigma (1.4826 MAD, at least 1e-3) of scores."""
+    s = np.asarray(values)
     med = float(np.median(s))
     return med, max(float(np.median(np.abs(s - med))) * 1.4826, 1e-3)
 

@@ -27,7 +27,7 @@ import numpy as np
 
 from .library import Library, VideoRow
 from .library.faiss_index import sample_region_ids
-from .search import Hit, Segment
+from .search import Hit, Segment, robust_stats
 
 # Background regions matched per query: a median from 8 is steady to a few hundredths; a match
 # costs about half a second on a 2-core CPU and milliseconds on a GPU.
@@ -68,9 +68,7 @@ def background_pairs(lib: Library, videos: list[VideoRow], n: int, seed: int = 0
 def match_cut(best: float, background: list[float]) -> tuple[float, float, float]:
     """The match a segment needs, from the best match and the background's matches: (cut,
     median, sigma)."""
-    b = np.asarray(background, dtype=np.float64)
-    med = float(np.median(b))
-    sigma = max(float(np.median(np.abs(b - med))) * 1.4826, 1e-3)
+    med, sigma = robust_stats(background)
     return max(med + SIGMAS * sigma, med + SHARE * (best - med)), med, sigma
 
 
