@@ -144,3 +144,64 @@ def test_rerank_orders_the_checked_segments_by_match_above_the_rest(monkeypatch)
     plain, _ = api.rerank_segments(None, [], [Segment(video(9, "/v0.mp4"), 0, 1, [Hit(0.0, 0, [0, 0, 5, 5], 0.5)])],
                                    3, refine=False)
     assert plain[0].match == 0.2 and plain[0].best.box == [0, 0, 5, 5]  # --no-refine: the match only
+
+
+def commit_scored_video(lib, scores: dict[int, float], n_frames: int = 100, seed: int = 0):
+    """A committed video whose regions (20 per sampled frame, one sample per second) score
+    uniformly within +-0.05 against the query e0, except one region of each sample in `scores`,
+    which scores as given. Returns the query."""
+    from fractions import Fraction
+    from types import SimpleNamespace
+
+    rng = np.random.default_rng(seed)
+    dim, n = 64, 20 * n_frames
+    cos = rng.uniform(-0.05, 0.05, n)
+    for sample, c in scores.items():
+        cos[20 * sample + 3] = c
+    rest = rng.normal(size=(n, dim - 1))
+    rest *= (np.sqrt(1 - cos**2) / np.linalg.norm(rest, axis=1))[:, None]
+    desc = np.concatenate([cos[:, None], rest], axis=1).astype(np.float16)
+    frames = np.repeat(np.arange(n_frames) * 24, 20)
+    samples = np.arange(n_frames) * 24
+    info = SimpleNamespace(width=640, height=360, fps=Fraction(24), duration=float(n_frames), frame_count=24 * n_frames,
+                           codec="h264", rotation=0, has_pts=True, start_tc=None)
+    path = lib.root.parent / "scored.mp4"
+    path.write_bytes(b"scored")
+    vid = lib.begin_video(path, "scored", info)
+    lib.commit_video(vid, {"frame": frames, "time": frames / 24.0, "box": np.tile([0, 0, 10, 10], (n, 1)).astype(np.float32),
+                           "score": np.ones(n, np.float32), "desc": desc, "sample_frame": samples,
+                           "sample_time": samples / 24.0}, True)
+    q = np.zeros(dim, np.float32)
+    q[0] = 1
+    return q
+
+
+def test_segments_whose_match_decides_are_taken_at_the_background_cut_the_rest_at_the_full_threshold(tmp_path):
+    """Background regions score within +-0.05 (robust sigma about 0.037), so the background's
+    cut is about 0.11 and the full threshold (6 sigmas always count) about 0.22. Hits at 0.16
+    join the first `match_depth` segments only; past them, segments keep only the hits above the
+    full threshold (regrouped), and one with none goes."""
+    from vidsearch.config import Preset
+    from vidsearch.library import Library
+    from vidsearch.search import search
+
+    lib = Library.open(tmp_path / "lib", create=True)
+    with lib.writer():
+        lib.adopt_preset(Preset(name="flat", whiten=False))
+        q = commit_scored_video(lib, {10: 0.9, 11: 0.16, 12: 0.16, 50: 0.8, 51: 0.16, 80: 0.16, 81: 0.16,
+                                      90: 0.7, 91: 0.16, 93: 0.6})
+        index, _ = lib.load_index(save=True)
+
+    def spans(result):
+        return [[h.frame // 24 for h in sorted(s.hits, key=lambda h: h.frame)] for s in result.segments]
+
+    plain = search(lib, index, q, top=10)
+    assert spans(plain) == [[10], [50], [90], [93]] and plain.match_threshold is None
+    assert 0.16 < plain.threshold < 0.6
+    deep = search(lib, index, q, top=10, match_depth=2)
+    assert spans(deep) == [[10, 11, 12], [50, 51], [90], [93]]  # 80-81 (only 0.16) goes; 90-93 regrouped
+    assert 0.05 < deep.match_threshold < 0.16 and deep.threshold == pytest.approx(plain.threshold)
+    assert deep.segments[1].end == 52.0  # the segment ends where the sample after its last hit begins
+    # an explicit --min-score is one cut for all
+    fixed = search(lib, index, q, top=10, min_score=0.1, match_depth=2)
+    assert spans(fixed) == [[10, 11, 12], [50, 51], [90, 91, 93], [80, 81]] and fixed.match_threshold is None

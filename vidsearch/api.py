@@ -421,6 +421,8 @@ class FindResult:
     def to_dict(self) -> dict:
         return {
             "query": {"images": [q.to_dict() for q in self.query], "threshold": round(self.result.threshold, 4),
+                      "match_threshold": (None if self.result.match_threshold is None
+                                          else round(self.result.match_threshold, 4)),
                       "regions_scored": self.result.regions_scored,
                       "verify": self.verdict.to_dict() if self.verdict else None},
             "library": self.library,
@@ -436,7 +438,8 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
          rerank: int | None = None, verify: bool = True) -> FindResult:
     """Search the library. The best hits of the first `rerank` segments (default RERANK_DEPTH;
     0: none) are matched with the query (refine.py) and those segments ordered by the match,
-    above the rest; with `verify`, those whose match does not stand out from the library's
+    above the rest; with `verify`, those segments are taken at the background's cut alone
+    (search.auto_thresholds) and those whose match does not stand out from the library's
     background are dropped (verify.py). With `refine`, the boxes of the frames shown (the
     re-ranked hits, then every segment's best hit, then the rest, up to `refine_frames`: by
     default 200 on a GPU, 10 on the CPU) are looked for again with the query. `snap` shots
@@ -468,8 +471,9 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
         from .refine import RERANK_DEPTH
 
         depth = RERANK_DEPTH if rerank is None else rerank
+        # with verification, the first `depth` segments are taken deeper: their match decides
         result = search(lib, index, w.apply(raw) if w is not None else raw, top=max(top, depth),
-                        min_score=min_score)
+                        min_score=min_score, match_depth=depth if verify else 0)
         notes = [m for q in queries for m in q.warnings] + ([result.note] if result.note else [])
         if snap == "shots" and result.segments:
             from .shots import snap_to_shots
