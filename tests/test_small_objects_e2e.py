@@ -142,7 +142,7 @@ def test_segments_whose_match_does_not_stand_out_are_dropped(full_hd):
     (their match lies nearer the background than the logo's), says so, and --no-verify keeps them."""
     args = ("find", "-q", full_hd["root"] / "crop.png", "-l", full_hd["lib"], "--device", "cpu", "--json")
     every = json.loads(run(*args, "--no-verify").stdout)
-    assert every["query"]["verify"] is None
+    assert every["query"]["verify"] is None and every["query"]["match_threshold"] is None
     assert {Path(s["video"]).name for s in every["segments"]} == {"target.mp4", "other.mp4"}, every["segments"]
     result = run(*args)
     data = json.loads(result.stdout)
@@ -152,3 +152,7 @@ def test_segments_whose_match_does_not_stand_out_are_dropped(full_hd):
     assert v["best"] == data["segments"][0]["match"] > v["cut"] > v["background"]
     assert all(s["match"] < v["cut"] for s in every["segments"] if Path(s["video"]).name == "other.mp4")
     assert f"{v['dropped']} of {v['checked']} re-ranked segments dropped" in result.stderr.replace("\n", " ")
+    # verified segments are taken at the background's cut alone, below the full threshold
+    cut = data["query"]["match_threshold"]
+    assert cut is None or cut < data["query"]["threshold"]
+    assert all(h["score"] >= (cut or data["query"]["threshold"]) - 1e-4 for s in data["segments"] for h in s["hits"])
