@@ -4,7 +4,7 @@ import pytest
 
 from vidsearch.library import VideoRow
 from vidsearch.search import Hit, Segment
-from vidsearch.verify import Verdict, drop_hits, match_cut, verdict_note, verify_segments
+from vidsearch.verify import Verdict, match_cut, verdict_note, verify_segments
 
 from .helpers import commit_random_video
 
@@ -60,7 +60,7 @@ def test_nothing_is_dropped_without_a_match_or_a_background():
 def test_a_verdict_without_drops_says_nothing():
     assert verdict_note(Verdict(0.6, 0.4, 0.03, 0.8, 3, 0)) is None
     assert Verdict(0.6, 0.4, 0.03, 0.8, 3, 1).to_dict() == {"cut": 0.6, "background": 0.4, "sigma": 0.03, "best": 0.8,
-                                                             "checked": 3, "dropped": 1, "hits_dropped": 0}
+                                                             "checked": 3, "dropped": 1}
 
 
 def test_background_regions_are_drawn_from_every_video_the_same_way_each_time(tmp_path):
@@ -83,17 +83,3 @@ def test_background_regions_are_drawn_from_every_video_the_same_way_each_time(tm
     for seg, hit in pairs:  # each is one of its video's regions, with its frame's time
         assert hit.frame in shards[seg.video.id]["frame"] and hit.time == pytest.approx(hit.frame / 24.0)
         assert hit.box == [0, 0, 10, 10] and seg.start == hit.time
-
-
-def test_weak_hits_leave_their_segment_which_shrinks_to_the_rest_but_keeps_its_best():
-    hits = [Hit(float(t), 25 * t, [0, 0, 10, 10], score) for t, score in
-            [(1, 0.3), (2, 0.9), (3, 0.4), (4, 0.35), (5, 0.3)]]
-    seg = Segment(video(), 1.0, 6.0, list(hits))
-    shot = Segment(video(), 0.0, 9.0, [Hit(7.0, 175, [0, 0, 10, 10], 0.8), Hit(8.0, 200, [0, 0, 10, 10], 0.3)],
-                   snap="shots")
-    weak = {id(hits[0]), id(hits[1]), id(hits[3]), id(hits[4]), id(shot.hits[1])}  # hits[1] is the best
-    assert drop_hits([seg, shot], weak) == 4
-    assert [h.time for h in seg.hits] == [2.0, 3.0] and seg.best is hits[1]
-    assert (seg.start, seg.end) == (2.0, 4.0)  # ends where the first dropped hit after the last kept began
-    assert [h.time for h in shot.hits] == [7.0] and (shot.start, shot.end) == (0.0, 9.0)  # a shot stays whole
-    assert drop_hits([seg], set()) == 0 and len(seg.hits) == 2

@@ -15,7 +15,7 @@ from .dasr.query import query_views
 from .errors import InputError, LibraryError, VidsearchError
 from .library import CATALOG, Library, content_key
 from .search import SearchResult, fuse, search
-from .verify import BACKGROUND_MATCHES, Verdict, background_pairs, drop_hits, verdict_note, verify_segments
+from .verify import BACKGROUND_MATCHES, Verdict, background_pairs, verdict_note, verify_segments
 from .video import Sampler, open_source, probe, read_ahead, read_frame_at
 
 
@@ -495,11 +495,7 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
         result.segments = result.segments[:top]
         if refine and result.segments:
             limit = refine_frames or (200 if gpu else 10)
-            before = sum(len(s.hits) for s in result.segments)
-            notes += refine_hits(engine, queries, result.segments, limit, progress, matcher,
-                                 verdict.cut if verdict else None)
-            if verdict:
-                verdict.hits_dropped = before - sum(len(s.hits) for s in result.segments)
+            notes += refine_hits(engine, queries, result.segments, limit, progress, matcher)
         _, bad = lib.readable_videos()
         notes += [f"skipped {v.path}: its shard is unreadable ({why}); re-index it" for v, why in bad]
         return FindResult(queries, str(lib.root), stored.name, result, notes, verdict)
@@ -588,12 +584,11 @@ def verify_matches(lib: Library, videos: list, matcher: _Matcher, segments: list
 
 
 def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progress=None,
-                matcher: _Matcher | None = None, cut: float | None = None) -> list[str]:
+                matcher: _Matcher | None = None) -> list[str]:
     """Query-guided boxes (refine.py) on hit frames: each segment's best hit first, then the
     others in segment order, up to `limit` frames (hits refined already count and are kept).
-    Ranking and scores stay; boxes change and say so. With `cut` (verification's, verify.py),
-    a hit whose own match falls below it is dropped from its segment (verify.drop_hits). Returns
-    notes for the user (frames dropped, frames that could not be decoded)."""
+    Ranking and scores stay; boxes change and say so. Returns notes for the user (frames that
+    could not be decoded)."""
     order = [(s, s.best) for s in segments] + [(s, h) for s in segments for h in s.hits if h is not s.best]
     notes = [f"boxes refined on the first {limit} of {len(order)} hit frames (each segment's best first); "
              f"--refine-frames N for more"] if len(order) > limit else []
@@ -603,17 +598,10 @@ def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progre
     matcher = matcher or _Matcher(engine, queries)
     known = set(matcher.failed)  # named already (by re-ranking)
     tick = progress("refining boxes", len(order)) if progress else None
-    weak = set()
     for (seg, hit), found in zip(order, matcher.match_all(order, tick)):
         if found is not None:
             hit.box = list(found.box)
             hit.refined = True
-            if cut is not None and found.score < cut:
-                weak.add(id(hit))
-    if weak:
-        dropped = drop_hits(segments, weak)
-        notes.append(f"{dropped} hit frames dropped: their own match with the query is below the cut ({cut:.2f}) "
-                     f"their segment's best passed; --no-verify keeps them")
     return notes + matcher.notes("boxes were not refined", known)
 
 

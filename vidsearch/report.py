@@ -286,9 +286,6 @@ def _page(data: dict, cards: list[str], queries: list[tuple[str, str]], missing:
     if verify.get("dropped"):  # the editor should know segments were left out, and why
         summary += (f" · {verify['dropped']} of {verify['checked']} re-ranked segments dropped: "
                     f"their match with the query was below {float(verify['cut']):.2f}")
-    if verify.get("hits_dropped"):
-        summary += (f" · {verify['hits_dropped']} hit frames dropped: their own match was below "
-                    f"{float(verify['cut']):.2f}")
     body = "".join(cards) or "<p>No segment matched: try find --min-score lower, or another crop.</p>"
     warn = "".join(f"<p class=\"missing\">{e(m)} cannot be read any more</p>" for m in missing)
     meta = json.dumps({"library": data.get("library"), "preset": data.get("preset")})

@@ -17,13 +17,6 @@ re-ranked segments are shown:
 
 Where nothing passes, the best segment is kept and a note says it does not stand out, as the
 automatic threshold does.
-
-Because the match decides, the segments it checks are taken deeper than the automatic threshold
-(search.auto_thresholds: the background's 3 sigmas on the region score, without the 60 %-of-best
-cut, which drops a third of the frames showing a small prop). Their extra frames are then held to
-the same cut one by one where `find` refines their boxes (the match comes with the box): a hit
-whose own match is below it leaves its segment (drop_hits), so a wrong segment that passes
-narrowly does not bring all its neighbours along.
 """
 
 from __future__ import annotations
@@ -51,12 +44,10 @@ class Verdict:
     best: float  # the best match among the segments checked
     checked: int  # segments with a match
     dropped: int  # of those, below the cut
-    hits_dropped: int = 0  # hit frames of kept segments whose own match (where refined) is below the cut
 
     def to_dict(self) -> dict:
         return {"cut": round(self.cut, 4), "background": round(self.background, 4), "sigma": round(self.sigma, 4),
-                "best": round(self.best, 4), "checked": self.checked, "dropped": self.dropped,
-                "hits_dropped": self.hits_dropped}
+                "best": round(self.best, 4), "checked": self.checked, "dropped": self.dropped}
 
 
 def background_pairs(lib: Library, videos: list[VideoRow], n: int, seed: int = 0) -> list[tuple[Segment, Hit]]:
@@ -107,25 +98,3 @@ def verdict_note(v: Verdict) -> str | None:
                 f"{v.cut:.2f}) lies nearer the library's background ({v.background:.2f}) than the best match "
                 f"({v.best:.2f}); --no-verify keeps them")
     return None
-
-
-def drop_hits(segments: list[Segment], weak: set[int]) -> int:
-    """Removes the hits whose id() is in `weak` from their segments, except a segment's best
-    (its match passed: the segment was kept for it). A segment on sampled frames is cut to its
-    remaining hits: it starts at the first, and where its last hits went it ends where the first
-    of them began (the next sample, or the one after a bridged gap). Returns how many went."""
-    dropped = 0
-    for seg in segments:
-        best = seg.best
-        gone = [h for h in seg.hits if id(h) in weak and h is not best]
-        if not gone:
-            continue
-        kept = [h for h in seg.hits if id(h) not in weak or h is best]
-        if seg.snap == "samples":
-            last = max(h.time for h in kept)
-            after = [h.time for h in gone if h.time > last]
-            seg.start = min(h.time for h in kept)
-            seg.end = min(after) if after else seg.end
-        seg.hits = kept
-        dropped += len(gone)
-    return dropped
