@@ -45,20 +45,27 @@ def iou(a, b) -> float:
 def commit_random_video(lib, key: str, n: int = 2000, dim: int = 64, seed: int = 0) -> tuple[int, np.ndarray]:
     """A committed video of n random unit regions (20 per sampled frame, 24 fps) in a library held
     for writing, without decoding anything; returns its id and its vectors as the shard stores them."""
+    rng = np.random.default_rng(seed)
+    desc = rng.normal(size=(n, dim)).astype(np.float32)
+    desc = (desc / np.linalg.norm(desc, axis=1, keepdims=True)).astype(np.float16)
+    return commit_regions(lib, key, desc), desc.astype(np.float32)
+
+
+def commit_regions(lib, key: str, desc: np.ndarray) -> int:
+    """A committed video of the given unit region vectors (20 per sampled frame, one sample a
+    second at 24 fps, 100 s) in a library held for writing, without decoding anything; its id."""
     from fractions import Fraction
     from types import SimpleNamespace
 
-    rng = np.random.default_rng(seed)
+    n = len(desc)
     info = SimpleNamespace(width=640, height=360, fps=Fraction(24), duration=100.0, frame_count=2400, codec="h264",
                            rotation=0, has_pts=True, start_tc=None)
     path = lib.root.parent / f"{key}.mp4"
     path.write_bytes(key.encode())
-    desc = rng.normal(size=(n, dim)).astype(np.float32)
-    desc = (desc / np.linalg.norm(desc, axis=1, keepdims=True)).astype(np.float16)
     frames = np.repeat(np.arange(n // 20 + 1) * 24, 20)[:n]
     samples = np.unique(frames)
     vid = lib.begin_video(path, key, info)
     lib.commit_video(vid, {"frame": frames, "time": frames / 24.0, "box": np.tile([0, 0, 10, 10], (n, 1)).astype(np.float32),
-                           "score": np.ones(n, np.float32), "desc": desc, "sample_frame": samples,
+                           "score": np.ones(n, np.float32), "desc": desc.astype(np.float16), "sample_frame": samples,
                            "sample_time": samples / 24.0}, True)
-    return vid, desc.astype(np.float32)
+    return vid

@@ -8,7 +8,7 @@ import pytest
 from vidsearch.library import VideoRow, region_ids
 from vidsearch.search import Hit, Segment, group_segments, retrieve
 
-from .helpers import commit_random_video
+from .helpers import commit_random_video, commit_regions
 
 
 def flat_index(vectors, video=1):
@@ -146,13 +146,9 @@ def test_rerank_orders_the_checked_segments_by_match_above_the_rest(monkeypatch)
     assert plain[0].match == 0.2 and plain[0].best.box == [0, 0, 5, 5]  # --no-refine: the match only
 
 
-def commit_scored_video(lib, scores: dict[int, float], n_frames: int = 100, seed: int = 0):
-    """A committed video whose regions (20 per sampled frame, one sample per second) score
-    uniformly within +-0.05 against the query e0, except one region of each sample in `scores`,
-    which scores as given. Returns the query."""
-    from fractions import Fraction
-    from types import SimpleNamespace
-
+def scored_regions(scores: dict[int, float], n_frames: int = 100, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit region vectors (20 per sampled frame) that score uniformly within +-0.05 against the
+    query e0, except one region of each sample in `scores`, which scores as given; and the query."""
     rng = np.random.default_rng(seed)
     dim, n = 64, 20 * n_frames
     cos = rng.uniform(-0.05, 0.05, n)
@@ -160,20 +156,9 @@ def commit_scored_video(lib, scores: dict[int, float], n_frames: int = 100, seed
         cos[20 * sample + 3] = c
     rest = rng.normal(size=(n, dim - 1))
     rest *= (np.sqrt(1 - cos**2) / np.linalg.norm(rest, axis=1))[:, None]
-    desc = np.concatenate([cos[:, None], rest], axis=1).astype(np.float16)
-    frames = np.repeat(np.arange(n_frames) * 24, 20)
-    samples = np.arange(n_frames) * 24
-    info = SimpleNamespace(width=640, height=360, fps=Fraction(24), duration=float(n_frames), frame_count=24 * n_frames,
-                           codec="h264", rotation=0, has_pts=True, start_tc=None)
-    path = lib.root.parent / "scored.mp4"
-    path.write_bytes(b"scored")
-    vid = lib.begin_video(path, "scored", info)
-    lib.commit_video(vid, {"frame": frames, "time": frames / 24.0, "box": np.tile([0, 0, 10, 10], (n, 1)).astype(np.float32),
-                           "score": np.ones(n, np.float32), "desc": desc, "sample_frame": samples,
-                           "sample_time": samples / 24.0}, True)
     q = np.zeros(dim, np.float32)
     q[0] = 1
-    return q
+    return np.concatenate([cos[:, None], rest], axis=1), q
 
 
 def test_segments_whose_match_decides_are_taken_at_the_background_cut_the_rest_at_the_full_threshold(tmp_path):
@@ -188,8 +173,9 @@ def test_segments_whose_match_decides_are_taken_at_the_background_cut_the_rest_a
     lib = Library.open(tmp_path / "lib", create=True)
     with lib.writer():
         lib.adopt_preset(Preset(name="flat", whiten=False))
-        q = commit_scored_video(lib, {10: 0.9, 11: 0.16, 12: 0.16, 50: 0.8, 51: 0.16, 80: 0.16, 81: 0.16,
-                                      90: 0.7, 91: 0.16, 93: 0.6})
+        desc, q = scored_regions({10: 0.9, 11: 0.16, 12: 0.16, 50: 0.8, 51: 0.16, 80: 0.16, 81: 0.16,
+                                  90: 0.7, 91: 0.16, 93: 0.6})
+        commit_regions(lib, "scored", desc)
         index, _ = lib.load_index(save=True)
 
     def spans(result):

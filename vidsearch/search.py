@@ -141,7 +141,7 @@ def auto_thresholds(index, q: np.ndarray, background: np.ndarray | None = None) 
     best = float(index.search(as_views(q), 1)[0][:, 0].max())
     rule = max(med + 3 * sigma, min(med + 6 * sigma, 0.6 * best))
     if rule <= best:
-        return rule, min(rule, med + 3 * sigma), None
+        return rule, med + 3 * sigma, None  # the rule is never below it
     return best, best, (f"the best match ({best:.2f}) does not stand out from the library's other regions "
                         f"(median {med:.2f}, sigma {sigma:.2f}): only the best frame is shown; "
                         f"--min-score S --no-verify shows everything above S")
