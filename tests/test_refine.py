@@ -47,3 +47,23 @@ def test_a_rough_region_becomes_the_objects_box(engine, obj, query_px, px, xy):
         out = refine_box(engine, layer, frame, [template], rough)
         assert iou(out.box, truth) > 0.6, (out, truth)
         assert 0 < out.score <= 1
+
+
+def test_a_box_leaves_a_region_held_by_a_lookalike_for_the_object_elsewhere(engine):
+    """The hit region lies on a half-hidden copy of the object (another walker, another player);
+    the whole object elsewhere in the frame matches better, at the size found on the region."""
+    layer = refine_layer(engine)
+    query, qbox = scene_with("cup", 120, (100, 100), seed=1)
+    frame, truth = scene_with("cup", 80, (460, 220), seed=2)
+    img, alpha = object_image("cup")
+    w, h = truth[2] - truth[0], truth[3] - truth[1]
+    alpha = np.asarray(Image.fromarray(alpha).resize((w, h))).copy()
+    alpha[:, w // 2:] = 0  # its right half hidden
+    paste(frame, np.asarray(Image.fromarray(img).resize((w, h))), alpha, 60, 40)
+    region = (40.0, 25.0, 60.0 + w + 20, 40.0 + h + 15)  # around the lookalike
+    template = make_template(engine, layer, query, qbox)
+    near = refine_box(engine, layer, frame, [template], region, anywhere=False)
+    assert iou(near.box, truth) == 0 and not near.moved
+    out = refine_box(engine, layer, frame, [template], region)
+    assert out.moved and iou(out.box, truth) > 0.6, (out, truth)
+    assert out.score == near.score  # the region's match still ranks the hit

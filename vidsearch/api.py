@@ -523,8 +523,9 @@ class _Matcher:
         self.grabber = FrameGrabber()
         self.failed = self.grabber.missing  # the videos that could not be decoded
 
-    def match_all(self, pairs: list, tick=None) -> list:
-        """refine.Refined per (segment, hit), None where its video cannot be decoded. The hit
+    def match_all(self, pairs: list, tick=None, boxes: bool = True) -> list:
+        """refine.Refined per (segment, hit), None where its video cannot be decoded; without
+        `boxes` only the score counts (the box is not looked for elsewhere in the frame). The hit
         frames of each video are grabbed in one pass (video.FrameGrabber): a segment's hits are
         a second or so apart, and a seek per hit decoded from a keyframe again each time."""
         from .refine import refine_box
@@ -532,7 +533,7 @@ class _Matcher:
         out: list = [None] * len(pairs)
         done = 0
         for k, frame in self.grabber.grab([(seg.video.path, hit.time, hit.frame) for seg, hit in pairs]):
-            out[k] = refine_box(self.engine, self.layer, frame, self.templates, pairs[k][1].box)
+            out[k] = refine_box(self.engine, self.layer, frame, self.templates, pairs[k][1].box, anywhere=boxes)
             done += 1
             if tick:
                 tick(1)
@@ -554,7 +555,7 @@ def rerank_segments(engine, queries: list[Query], segments: list, depth: int, re
     checked = segments[:depth]
     matcher = matcher or _Matcher(engine, queries)
     tick = progress("re-ranking", len(checked)) if progress else None
-    for seg, found in zip(checked, matcher.match_all([(seg, seg.best) for seg in checked], tick)):
+    for seg, found in zip(checked, matcher.match_all([(seg, seg.best) for seg in checked], tick, boxes=refine)):
         if found is None:
             continue
         seg.match = found.score
@@ -574,7 +575,7 @@ def verify_matches(lib: Library, videos: list, matcher: _Matcher, segments: list
         return segments, None, []
     pairs = background_pairs(lib, videos, BACKGROUND_MATCHES["cuda" if gpu else "cpu"])
     tick = progress("matching the background", len(pairs)) if progress else None
-    background = [f.score for f in matcher.match_all(pairs, tick) if f is not None]
+    background = [f.score for f in matcher.match_all(pairs, tick, boxes=False) if f is not None]
     if not background:
         return segments, None, ["re-ranked segments were not verified: no background region of the library could "
                                 "be decoded"]

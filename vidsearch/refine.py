@@ -11,7 +11,11 @@ the query is known, so on each frame that will be shown the box is looked for ag
   twice the region's size), and the template is slid over each: the normalised correlation
   of template and window (the cosine of their cells, stacked) peaks where the object is, at the
   zoom that gives it the template's size;
-- the box is the query's box, moved there and scaled by that zoom.
+- the box is the query's box, moved there and scaled by that zoom;
+- then the whole frame is searched at that size: where the template matches better elsewhere,
+  the box moves there. The region that made the frame a hit can lie on a lookalike (another
+  walker, another player) while the object is elsewhere in the frame; the size is taken near
+  the region because at other sizes background texture can correlate as well as the object.
 
 This is training-free template matching on the backbone's own features (the idea of Siamese
 trackers, without their training). Measured choices and numbers: bench/RESULTS.md.
@@ -34,6 +38,8 @@ TEMPLATE_CELLS = 6  # the query's box spans this many cells on its long side
 ZOOMS = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)  # object size / region size, tried
 CONTEXT = 1.0  # the searched window adds this many region sizes on every side
 MAX_SIDE = 640  # network pixels: a window is cut down around the region past this
+# The whole frame is matched (a box may leave its hit region) up to this many network pixels.
+ANYWHERE_PIXELS = 8_000_000
 RERANKED = 10.0  # re-ranked scores (a correlation, at most 1) are offset by this, above any cosine
 # Hits re-ranked unless told otherwise (find --rerank, eval :rerank). Measured (bench/RESULTS.md):
 # the first 20 lift small objects in other scenes and keep instance-dev's mAP (0.983 vs 0.981);
@@ -47,6 +53,7 @@ class Refined:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels
     score: float  # the template's normalised correlation at the chosen place
     zoom: float  # object size / region size found
+    moved: bool = False  # the box left the hit region for a better match elsewhere in the frame
 
 
 @dataclass
@@ -126,6 +133,27 @@ def _subcell(ncc: torch.Tensor, r: int, c: int) -> tuple[float, float]:
     return r + dy, c + dx
 
 
+def _ncc(f: torch.Tensor, t: Template) -> torch.Tensor:
+    """The template's normalised correlation at every place of a feature map (rows, cols)."""
+    th, tw = t.cells.shape[-2:]
+    num = F.conv2d(f, t.cells)[0, 0]
+    den = F.conv2d(f.pow(2).sum(1, keepdim=True), torch.ones(1, 1, th, tw, device=f.device))[0, 0]
+    return num / den.sqrt().clamp(min=1e-12)
+
+
+def _best(ncc: torch.Tensor, t: Template, win, sx: float, sy: float, stride: float, shape, zoom: float) -> Refined:
+    """The box at the correlation's peak: the query's box, its top-left cell there, scaled."""
+    h, w = shape[:2]
+    r, c = divmod(int(torch.argmax(ncc)), ncc.shape[1])
+    score = float(ncc[r, c])
+    r, c = _subcell(ncc, r, c)
+    k = t.scale / ((sx + sy) / 2)  # frame pixels per query pixel
+    bx = win[0] + (c + t.offset[0]) * stride / sx
+    by = win[1] + (r + t.offset[1]) * stride / sy
+    box = (max(0.0, bx), max(0.0, by), min(float(w), bx + t.size[0] * k), min(float(h), by + t.size[1] * k))
+    return Refined(box, score, zoom)
+
+
 def _match(engine, layer: int, frame: np.ndarray, t: Template, box0, zoom: float, stride: float) -> Refined | None:
     """The template's best place around box0 with the object taken as `zoom` times its size."""
     h, w = frame.shape[:2]
@@ -139,9 +167,7 @@ def _match(engine, layer: int, frame: np.ndarray, t: Template, box0, zoom: float
     f, sx, sy = _features(engine, layer, frame, win, scale)
     if f.shape[-2] < th or f.shape[-1] < tw:
         return None
-    num = F.conv2d(f, t.cells)[0, 0]
-    den = F.conv2d(f.pow(2).sum(1, keepdim=True), torch.ones(1, 1, th, tw, device=f.device))[0, 0]
-    ncc = num / den.sqrt().clamp(min=1e-12)
+    ncc = _ncc(f, t)
     # Only places whose box overlaps the hit region: the region is why the frame is a hit, and
     # a box elsewhere would contradict the ranking (on real footage, background texture at
     # another zoom can correlate as well as the object).
@@ -151,23 +177,33 @@ def _match(engine, layer: int, frame: np.ndarray, t: Template, box0, zoom: float
     ok = ((rows < y2) & (rows + t.size[1] * k > y1))[:, None] & ((cols < x2) & (cols + t.size[0] * k > x1))[None, :]
     if not bool(ok.any()):
         return None
-    ncc = ncc.masked_fill(~ok, -2.0)
-    r, c = divmod(int(torch.argmax(ncc)), ncc.shape[1])
-    score = float(ncc[r, c])
-    r, c = _subcell(ncc, r, c)
-    # the template's top-left cell lands on (r, c); the box is the query's, scaled
-    bx = win[0] + (c + t.offset[0]) * stride / sx
-    by = win[1] + (r + t.offset[1]) * stride / sy
-    box = (max(0.0, bx), max(0.0, by), min(float(w), bx + t.size[0] * k), min(float(h), by + t.size[1] * k))
-    return Refined(box, score, zoom)
+    return _best(ncc.masked_fill(~ok, -2.0), t, win, sx, sy, stride, frame.shape, zoom)
 
 
-def refine_box(engine, layer: int, frame: np.ndarray, templates: list[Template], box0) -> Refined:
+def _match_anywhere(engine, layer: int, frame: np.ndarray, t: Template, found: Refined, stride: float) -> Refined | None:
+    """The template's best place anywhere in the frame, with the object at the size `found`
+    gave it near the hit region; None where the frame at that size would pass ANYWHERE_PIXELS."""
+    h, w = frame.shape[:2]
+    size = max(found.box[2] - found.box[0], found.box[3] - found.box[1], 1.0)
+    scale = TEMPLATE_CELLS * stride / size
+    if h * w * scale * scale > ANYWHERE_PIXELS:
+        return None
+    f, sx, sy = _features(engine, layer, frame, (0.0, 0.0, float(w), float(h)), scale)
+    if f.shape[-2] < t.cells.shape[-2] or f.shape[-1] < t.cells.shape[-1]:
+        return None
+    return _best(_ncc(f, t), t, (0.0, 0.0), sx, sy, stride, frame.shape, found.zoom)
+
+
+def refine_box(engine, layer: int, frame: np.ndarray, templates: list[Template], box0,
+               anywhere: bool = True) -> Refined:
     """The query-guided box on one frame (full resolution, upright), near the hit region's
     `box0`: the best normalised correlation of any template at any zoom (ZOOMS, then half
-    steps around the best)."""
+    steps around the best). Its score is that match's, which ranks and verifies the hit. With
+    `anywhere`, the box moves where that template, at that size, matches better elsewhere in
+    the frame: a lookalike can hold the region (another walker, another player; measured in
+    bench/RESULTS.md, "Boxes leave a region held by a lookalike")."""
     stride = _stride(engine, layer)
-    best = Refined(tuple(float(v) for v in box0), -1.0, 1.0)
+    best, best_t = Refined(tuple(float(v) for v in box0), -1.0, 1.0), None
     for t in templates:
         found = [_match(engine, layer, frame, t, box0, z, stride) for z in ZOOMS]
         top = max((m for m in found if m is not None), key=lambda m: m.score, default=None)
@@ -177,5 +213,9 @@ def refine_box(engine, layer: int, frame: np.ndarray, templates: list[Template],
         found = [top] + [_match(engine, layer, frame, t, box0, top.zoom * k, stride) for k in (1 / step, step)]
         top = max((m for m in found if m is not None), key=lambda m: m.score)
         if top.score > best.score:
-            best = top
+            best, best_t = top, t
+    if anywhere and best_t is not None:
+        other = _match_anywhere(engine, layer, frame, best_t, best, stride)
+        if other is not None and other.score > best.score:
+            return Refined(other.box, best.score, best.zoom, moved=True)
     return best
