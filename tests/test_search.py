@@ -115,11 +115,14 @@ def test_rerank_orders_the_checked_segments_by_match_above_the_rest(monkeypatch)
             for i, score in enumerate((0.9, 0.8, 0.7, 0.6))]
     matches = {"/v0.mp4": 0.2, "/v1.mp4": 0.7, "/v3.mp4": 0.99}  # /v2.mp4 cannot be decoded
 
+    looked_for_boxes = []
+
     class FakeMatcher:
         def __init__(self, engine, queries):
             self.failed = set()
 
-        def match_all(self, pairs, tick=None):
+        def match_all(self, pairs, tick=None, boxes=True):
+            looked_for_boxes.append(boxes)
             out = []
             for seg, _ in pairs:
                 if seg.video.path not in matches:
@@ -144,6 +147,7 @@ def test_rerank_orders_the_checked_segments_by_match_above_the_rest(monkeypatch)
     plain, _ = api.rerank_segments(None, [], [Segment(video(9, "/v0.mp4"), 0, 1, [Hit(0.0, 0, [0, 0, 5, 5], 0.5)])],
                                    3, refine=False)
     assert plain[0].match == 0.2 and plain[0].best.box == [0, 0, 5, 5]  # --no-refine: the match only
+    assert looked_for_boxes == [True, False]  # the whole-frame pass only where boxes are shown
 
 
 def scored_regions(scores: dict[int, float], n_frames: int = 100, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
