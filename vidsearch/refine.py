@@ -169,8 +169,9 @@ def _match(engine, layer: int, frame: np.ndarray, t: Template, box0, zoom: float
         return None
     ncc = _ncc(f, t)
     # Only places whose box overlaps the hit region: the region is why the frame is a hit, and
-    # a box elsewhere would contradict the ranking (on real footage, background texture at
-    # another zoom can correlate as well as the object).
+    # away from it, at a zoom it does not vouch for, background texture on real footage can
+    # correlate as well as the object. (refine_box then looks over the whole frame, but only at
+    # the size found here.)
     k = t.scale / ((sx + sy) / 2)  # frame pixels per query pixel
     cols = (win[0] + (torch.arange(ncc.shape[1], device=ncc.device) + t.offset[0]) * stride / sx)
     rows = (win[1] + (torch.arange(ncc.shape[0], device=ncc.device) + t.offset[1]) * stride / sy)
