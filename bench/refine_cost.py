@@ -1,5 +1,9 @@
-"""What the whole-frame pass of refinement (refine.py, ANYWHERE_PIXELS) costs `find`: the same
-queries searched with it off and on, alternately, in one run (find's defaults for the device).
+"""What refinement costs `find`, two ways of it side by side, alternately, in one run (find's
+defaults for the device):
+
+- `--compare anywhere`: the whole-frame pass (refine.py, ANYWHERE_PIXELS) off and on;
+- `--compare output`: feature maps by the full forward pass, which keeps every op's output
+  (Graph.forward), against Graph.output, which lets each go once used.
 
     python bench/refine_cost.py /tmp/find_small/lib-default /tmp/find_small/cup_64px_s1-query.png ... --device cpu
 """
@@ -14,6 +18,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vidsearch import api, refine  # noqa: E402
+from vidsearch.dasr.graph import Graph  # noqa: E402
+
+
+def _full_forward(self: Graph, x, layer: int):
+    return self.forward(x, upto=layer)[layer]
 
 
 def main() -> None:
@@ -22,6 +31,7 @@ def main() -> None:
     ap.add_argument("queries", nargs="+", help="query images (crops)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--compare", choices=("anywhere", "output"), default="anywhere")
     args = ap.parse_args()
 
     def run() -> float:
@@ -30,15 +40,21 @@ def main() -> None:
             api.find([q], [], args.library, device=args.device)
         return time.perf_counter() - start
 
-    cap = refine.ANYWHERE_PIXELS
+    cap, output = refine.ANYWHERE_PIXELS, Graph.output
+    if args.compare == "anywhere":
+        names = ("near the region only", "with the whole-frame pass")
+        settings = (lambda: setattr(refine, "ANYWHERE_PIXELS", 0), lambda: setattr(refine, "ANYWHERE_PIXELS", cap))
+    else:
+        names = ("every op's output kept", "each output let go once used")
+        settings = (lambda: setattr(Graph, "output", _full_forward), lambda: setattr(Graph, "output", output))
     run()  # warm: weights, index, decoders
     for _ in range(args.repeats):
-        refine.ANYWHERE_PIXELS = 0
-        near = run()
-        refine.ANYWHERE_PIXELS = cap
-        anywhere = run()
-        print(f"{len(args.queries)} finds: near the region only {near:.1f} s, with the whole-frame pass "
-              f"{anywhere:.1f} s ({anywhere / near:.2f}x)", flush=True)
+        times = []
+        for setting in settings:
+            setting()
+            times.append(run())
+        print(f"{len(args.queries)} finds: {names[0]} {times[0]:.1f} s, {names[1]} {times[1]:.1f} s "
+              f"({times[1] / times[0]:.2f}x)", flush=True)
 
 
 if __name__ == "__main__":

@@ -190,6 +190,15 @@ def test_uniform_seed_spreads_over_channels():
     assert torch.allclose(acts[0, :, 1, 2], x[:, 1, 2] / x[:, 1, 2].sum())
 
 
+@pytest.mark.parametrize("name", ["resnet50", "efficientnet_lite0"])
+def test_one_layers_output_equals_the_full_forward_at_that_layer(name):
+    # Graph.output lets go of values as it goes (refine matches whole enlarged frames with it)
+    graph, x = _random_case(name, (64, 96))
+    full = graph.forward(x)
+    for layer in (1, graph.peak // 2, graph.feature, graph.peak):
+        assert torch.equal(graph.output(x, layer), full[layer])
+
+
 def test_unsupported_layer_is_a_clear_error():
     from vidsearch.errors import VidsearchError
 

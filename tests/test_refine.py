@@ -7,7 +7,8 @@ from PIL import Image
 
 from vidsearch.config import Preset
 from vidsearch.evaluate import iou
-from vidsearch.refine import make_template, refine_box, refine_layer
+from vidsearch import refine
+from vidsearch.refine import _pieces, make_template, refine_box, refine_layer
 from vidsearch.testsets import collage, object_image, paste
 
 
@@ -49,9 +50,9 @@ def test_a_rough_region_becomes_the_objects_box(engine, obj, query_px, px, xy):
         assert 0 < out.score <= 1
 
 
-def test_a_box_leaves_a_region_held_by_a_lookalike_for_the_object_elsewhere(engine):
-    """The hit region lies on a half-hidden copy of the object (another walker, another player);
-    the whole object elsewhere in the frame matches better, at the size found on the region."""
+def lookalike_scene(engine):
+    """A query, and a frame whose hit region lies on a half-hidden copy of the object while the
+    whole object is elsewhere: (template, frame, region, truth)."""
     layer = refine_layer(engine)
     query, qbox = scene_with("cup", 120, (100, 100), seed=1)
     frame, truth = scene_with("cup", 80, (460, 220), seed=2)
@@ -61,9 +62,51 @@ def test_a_box_leaves_a_region_held_by_a_lookalike_for_the_object_elsewhere(engi
     alpha[:, w // 2:] = 0  # its right half hidden
     paste(frame, np.asarray(Image.fromarray(img).resize((w, h))), alpha, 60, 40)
     region = (40.0, 25.0, 60.0 + w + 20, 40.0 + h + 15)  # around the lookalike
-    template = make_template(engine, layer, query, qbox)
+    return make_template(engine, layer, query, qbox), frame, region, truth
+
+
+def test_a_box_leaves_a_region_held_by_a_lookalike_for_the_object_elsewhere(engine):
+    """The hit region lies on a half-hidden copy of the object (another walker, another player);
+    the whole object elsewhere in the frame matches better, at the size found on the region."""
+    layer = refine_layer(engine)
+    template, frame, region, truth = lookalike_scene(engine)
     near = refine_box(engine, layer, frame, [template], region, anywhere=False)
     assert iou(near.box, truth) == 0 and not near.moved
     out = refine_box(engine, layer, frame, [template], region)
     assert out.moved and iou(out.box, truth) > 0.6, (out, truth)
     assert out.score == near.score  # the region's match still ranks the hit
+
+
+@pytest.mark.parametrize("w,h,scale,keep", [(1920, 1080, 2.4, 150.0), (3840, 2160, 1.0, 40.0), (640, 360, 1.2, 147.0),
+                                            (300, 200, 3.0, 20.0)])
+def test_pieces_cover_the_frame_and_hold_every_placement(monkeypatch, w, h, scale, keep):
+    monkeypatch.setattr(refine, "PIECE_PIXELS", 60_000)
+    pieces = _pieces(w, h, scale, keep)
+    side = max(np.sqrt(60_000) / scale, 2 * keep)
+    for axis, n in ((0, w), (1, h)):
+        spans = sorted({(p[axis], p[axis + 2]) for p in pieces})
+        assert spans[0][0] == 0 and spans[-1][1] == n
+        assert all(0 <= a < b <= n and b - a <= side + 2 for a, b in spans)
+        # neighbours overlap by `keep`: whatever fits in `keep` lies whole in one piece
+        assert all(b1 - a2 >= keep for (_, b1), (a2, _) in zip(spans, spans[1:]))
+    assert len(pieces) == len({p[0] for p in pieces}) * len({p[1] for p in pieces})
+
+
+def test_the_whole_frame_seen_in_pieces_finds_what_it_finds_at_once(engine, monkeypatch):
+    layer = refine_layer(engine)
+    template, frame, region, truth = lookalike_scene(engine)
+    whole = refine_box(engine, layer, frame, [template], region)
+    original, windows = refine._features, []
+
+    def features(engine, layer, image, window, scale):
+        windows.append(window)
+        return original(engine, layer, image, window, scale)
+
+    monkeypatch.setattr(refine, "_features", features)
+    monkeypatch.setattr(refine, "PIECE_PIXELS", 60_000)  # the 640x360 frame at its scale: several pieces
+    pieced = refine_box(engine, layer, frame, [template], region)
+    near = len(refine.ZOOMS) + 2  # the search around the region: every zoom, then half steps
+    h, w = frame.shape[:2]
+    assert len(windows) > near + 2 and all((x2 - x1) * (y2 - y1) < w * h for x1, y1, x2, y2 in windows[near:])
+    # the same place, to within the cell grid each piece lays down from its own corner
+    assert pieced.moved and iou(pieced.box, whole.box) > 0.6 and iou(pieced.box, truth) > 0.6, (pieced, whole)

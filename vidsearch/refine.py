@@ -38,8 +38,12 @@ TEMPLATE_CELLS = 6  # the query's box spans this many cells on its long side
 ZOOMS = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)  # object size / region size, tried
 CONTEXT = 1.0  # the searched window adds this many region sizes on every side
 MAX_SIDE = 640  # network pixels: a window is cut down around the region past this
-# The whole frame is matched (a box may leave its hit region) up to this many network pixels.
+# The whole frame is matched (a box may leave its hit region) up to this many network pixels,
+# seen in pieces of PIECE_PIXELS (about 2 GB at the refine layer on a CPU) whose inner edges
+# lose EDGE_CELLS cells to padding.
 ANYWHERE_PIXELS = 8_000_000
+PIECE_PIXELS = 4_000_000
+EDGE_CELLS = 2
 RERANKED = 10.0  # re-ranked scores (a correlation, at most 1) are offset by this, above any cosine
 # Hits re-ranked unless told otherwise (find --rerank, eval :rerank). Measured (bench/RESULTS.md):
 # the first 20 lift small objects in other scenes and keep instance-dev's mAP (0.983 vs 0.981);
@@ -82,7 +86,7 @@ def _stride(engine, layer: int) -> float:
     if layer not in known:
         x = torch.zeros(1, 3, 256, 256, device=engine.device)
         with torch.no_grad():
-            known[layer] = 256 / engine.graph.forward(x, upto=layer)[layer].shape[-1]
+            known[layer] = 256 / engine.graph.output(x, layer).shape[-1]
     return known[layer]
 
 
@@ -95,7 +99,7 @@ def _features(engine, layer: int, image: np.ndarray, window, scale: float):
     long_side = max(32, int(round(max(crop.shape[:2]) * scale)))
     x, _ = engine.prepare(crop[None], long_side)
     with torch.no_grad():
-        f = engine.graph.forward(x, upto=layer)[layer].float()
+        f = engine.graph.output(x, layer).float()
     return f, x.shape[-1] / crop.shape[1], x.shape[-2] / crop.shape[0]
 
 
@@ -181,18 +185,56 @@ def _match(engine, layer: int, frame: np.ndarray, t: Template, box0, zoom: float
     return _best(ncc.masked_fill(~ok, -2.0), t, win, sx, sy, stride, frame.shape, zoom)
 
 
+def _pieces(w: int, h: int, scale: float, keep: float) -> list[tuple[int, int, int, int]]:
+    """Windows (frame pixels) covering a w x h frame, each about PIECE_PIXELS network pixels at
+    `scale` or less, neighbours overlapping by at least `keep` frame pixels."""
+    side = max(np.sqrt(PIECE_PIXELS) / scale, 2.0 * keep)
+
+    def spans(n: int) -> list[tuple[int, int]]:
+        if n <= side:
+            return [(0, n)]
+        k = int(np.ceil((n - keep) / (side - keep)))
+        step = (n - side) / (k - 1)
+        return [(int(np.floor(i * step)), min(n, int(np.ceil(i * step + side)))) for i in range(k)]
+
+    return [(x1, y1, x2, y2) for y1, y2 in spans(h) for x1, x2 in spans(w)]
+
+
 def _match_anywhere(engine, layer: int, frame: np.ndarray, t: Template, found: Refined, stride: float) -> Refined | None:
     """The template's best place anywhere in the frame, with the object at the size `found`
-    gave it near the hit region; None where the frame at that size would pass ANYWHERE_PIXELS."""
+    gave it near the hit region; None where the frame at that size would pass ANYWHERE_PIXELS.
+    The frame is seen in pieces of PIECE_PIXELS, so memory stays bounded at any frame size."""
     h, w = frame.shape[:2]
     size = max(found.box[2] - found.box[0], found.box[3] - found.box[1], 1.0)
     scale = TEMPLATE_CELLS * stride / size
     if h * w * scale * scale > ANYWHERE_PIXELS:
         return None
-    f, sx, sy = _features(engine, layer, frame, (0.0, 0.0, float(w), float(h)), scale)
-    if f.shape[-2] < t.cells.shape[-2] or f.shape[-1] < t.cells.shape[-1]:
-        return None
-    return _best(_ncc(f, t), t, (0.0, 0.0), sx, sy, stride, frame.shape, found.zoom)
+    th, tw = t.cells.shape[-2:]
+    margin = EDGE_CELLS
+    keep = (max(th, tw) + 2 * margin + 1) * stride / scale  # every placement lies whole, off the edge, in one piece
+    best = None
+    for win in _pieces(w, h, scale, keep):
+        f, sx, sy = _features(engine, layer, frame, win, scale)
+        if f.shape[-2] < th or f.shape[-1] < tw:
+            continue
+        ncc = _ncc(f, t)
+        # places within `margin` cells of a piece's inner edge are the neighbouring piece's
+        ok = torch.ones_like(ncc, dtype=torch.bool)
+        rows, cols = ncc.shape
+        if win[1] > 0:
+            ok[:margin] = False
+        if win[3] < h:
+            ok[max(0, rows - margin):] = False
+        if win[0] > 0:
+            ok[:, :margin] = False
+        if win[2] < w:
+            ok[:, max(0, cols - margin):] = False
+        if not bool(ok.any()):
+            continue
+        here = _best(ncc.masked_fill(~ok, -2.0), t, win, sx, sy, stride, frame.shape, found.zoom)
+        if best is None or here.score > best.score:
+            best = here
+    return best
 
 
 def refine_box(engine, layer: int, frame: np.ndarray, templates: list[Template], box0,

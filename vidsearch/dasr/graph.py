@@ -127,6 +127,20 @@ class Graph:
             values.append(self.apply(i, [values[j] for j in self.ops[i].inputs]))
         return values
 
+    def output(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """Op `layer`'s output alone: each value is let go once its last user up to `layer` has
+        run, so a large input (a 1080p frame enlarged for a 30 px object) holds a few maps at
+        a time rather than every op's."""
+        last_use = {j: i for i in range(1, layer + 1) for j in self.ops[i].inputs}
+        values: dict[int, torch.Tensor] = {0: x.contiguous(memory_format=torch.channels_last)
+                                           if x.device.type == "cpu" else x}
+        for i in range(1, layer + 1):
+            values[i] = self.apply(i, [values[j] for j in self.ops[i].inputs])
+            for j in self.ops[i].inputs:
+                if last_use[j] == i:
+                    values.pop(j, None)
+        return values[layer]
+
 
 def same_pads(op: Op, height: int, width: int) -> tuple[int, int, int, int]:
     import math
