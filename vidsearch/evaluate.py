@@ -483,7 +483,7 @@ def run_baseline(method: str, base: Preset, seqs, proto, device: str, batch: int
     def last_conv(images: np.ndarray) -> torch.Tensor:
         with torch.no_grad():
             x, _ = engine.prepare(images)
-            return graph.forward(x)[graph.peak].float().cpu()
+            return graph.output(x, graph.peak).float().cpu()
 
     ckey = ("maps",)
     if ckey not in cache:

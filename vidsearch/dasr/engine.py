@@ -333,8 +333,7 @@ class Engine:
         -> the L2-normalised raw descriptor pooled inside the box, as for library regions; the
         image is seen at `long_side` (default: the preset's; 0: its own size)."""
         x, (h0, w0) = self.prepare(image[None], long_side)
-        values = self.graph.forward(x)
-        feats = values[self.graph.feature]
+        feats = self.graph.output(x, self.graph.feature)
         h, w = x.shape[-2:]
         if box is None:
             box = (0.0, 0.0, float(w0), float(h0))
