@@ -8,7 +8,7 @@ from PIL import Image
 from vidsearch.config import Preset
 from vidsearch.evaluate import iou
 from vidsearch import refine
-from vidsearch.refine import _pieces, make_template, refine_box, refine_layer
+from vidsearch.refine import Template, _best, _pieces, make_template, refine_box, refine_layer
 from vidsearch.testsets import collage, object_image, paste
 
 
@@ -110,3 +110,14 @@ def test_the_whole_frame_seen_in_pieces_finds_what_it_finds_at_once(engine, monk
     assert len(windows) > near + 2 and all((x2 - x1) * (y2 - y1) < w * h for x1, y1, x2, y2 in windows[near:])
     # the same place, to within the cell grid each piece lays down from its own corner
     assert pieced.moved and iou(pieced.box, whole.box) > 0.6 and iou(pieced.box, truth) > 0.6, (pieced, whole)
+
+
+def test_a_box_cut_by_the_frame_keeps_the_objects_whole_size():
+    # the whole-frame pass takes its size from here: a box cut at the edge must not shrink it
+    import torch
+
+    t = Template(torch.ones(1, 4, 2, 2) / 4, (40.0, 20.0), 0.5, (0.0, 0.0))  # 0.5 network px per query px
+    ncc = torch.zeros(5, 5)
+    ncc[0, 0] = 1.0
+    found = _best(ncc, t, (-10.0, -10.0), 0.5, 0.5, 16.0, (100, 200), 1.0)  # the object 10 px past the top left
+    assert found.box == (0.0, 0.0, 30.0, 10.0) and found.side == 40.0 and found.score == 1.0

@@ -58,6 +58,7 @@ class Refined:
     score: float  # the template's normalised correlation at the chosen place
     zoom: float  # object size / region size found
     moved: bool = False  # the box left the hit region for a better match elsewhere in the frame
+    side: float = 0.0  # the object's long side in frame pixels as matched, before the box is cut to the frame
 
 
 @dataclass
@@ -155,7 +156,7 @@ def _best(ncc: torch.Tensor, t: Template, win, sx: float, sy: float, stride: flo
     bx = win[0] + (c + t.offset[0]) * stride / sx
     by = win[1] + (r + t.offset[1]) * stride / sy
     box = (max(0.0, bx), max(0.0, by), min(float(w), bx + t.size[0] * k), min(float(h), by + t.size[1] * k))
-    return Refined(box, score, zoom)
+    return Refined(box, score, zoom, side=max(t.size) * k)
 
 
 def _match(engine, layer: int, frame: np.ndarray, t: Template, box0, zoom: float, stride: float) -> Refined | None:
@@ -202,10 +203,11 @@ def _pieces(w: int, h: int, scale: float, keep: float) -> list[tuple[int, int, i
 
 def _match_anywhere(engine, layer: int, frame: np.ndarray, t: Template, found: Refined, stride: float) -> Refined | None:
     """The template's best place anywhere in the frame, with the object at the size `found`
-    gave it near the hit region; None where the frame at that size would pass ANYWHERE_PIXELS.
-    The frame is seen in pieces of PIECE_PIXELS, so memory stays bounded at any frame size."""
+    gave it near the hit region (its whole size: the box may be cut by the frame's edge); None
+    where the frame at that size would pass ANYWHERE_PIXELS. The frame is seen in pieces of
+    PIECE_PIXELS, so memory stays bounded at any frame size."""
     h, w = frame.shape[:2]
-    size = max(found.box[2] - found.box[0], found.box[3] - found.box[1], 1.0)
+    size = max(found.side, 1.0)
     scale = TEMPLATE_CELLS * stride / size
     if h * w * scale * scale > ANYWHERE_PIXELS:
         return None
@@ -260,5 +262,5 @@ def refine_box(engine, layer: int, frame: np.ndarray, templates: list[Template],
     if anywhere and best_t is not None:
         other = _match_anywhere(engine, layer, frame, best_t, best, stride)
         if other is not None and other.score > best.score:
-            return Refined(other.box, best.score, best.zoom, moved=True)
+            return Refined(other.box, best.score, best.zoom, moved=True, side=other.side)
     return best
