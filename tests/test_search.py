@@ -103,19 +103,23 @@ def test_library_switches_to_ivf_then_ivfpq_by_size_and_search_stays_exact(tmp_p
 
 
 def test_rerank_orders_the_checked_segments_by_match_above_the_rest(monkeypatch):
-    """The first `depth` segments are ordered by their best hit's match, above the others; one
-    whose video cannot be decoded stays after the matched ones, unmatched, and is named."""
+    """The first `depth` segments are ordered by their match, the best of their first two hits'
+    (by region score) matches, above the others; one whose video cannot be decoded stays after
+    the matched ones, unmatched, and is named."""
     from vidsearch import api
-    from vidsearch.refine import Refined
+    from vidsearch.refine import RERANK_LOOKS, Refined
 
     def video(i: int, path: str) -> VideoRow:
         return VideoRow(i, path, "k", 1, 0.0, 640, 360, "24", 20.0, 480, "h264", 0, True, None, 20, 0, "", "done", None)
 
     segs = [Segment(video(i, f"/v{i}.mp4"), i, i + 1, [Hit(float(i), 24 * i, [0, 0, 10, 10], score)])
             for i, score in enumerate((0.9, 0.8, 0.7, 0.6))]
-    matches = {"/v0.mp4": 0.2, "/v1.mp4": 0.7, "/v3.mp4": 0.99}  # /v2.mp4 cannot be decoded
+    # /v1.mp4's best hit lies beside the object; its next hit (frame 30) finds it, its third is not looked at
+    segs[1].hits += [Hit(1.5, 36, [0, 0, 10, 10], 0.7), Hit(1.25, 30, [0, 0, 10, 10], 0.75)]
+    matches = {("/v0.mp4", 0): 0.2, ("/v1.mp4", 24): 0.3, ("/v1.mp4", 30): 0.7, ("/v1.mp4", 36): 0.95,
+               ("/v3.mp4", 72): 0.99}  # /v2.mp4 cannot be decoded
 
-    looked_for_boxes = []
+    looked_for_boxes, looked_at = [], []
 
     class FakeMatcher:
         def __init__(self, engine, queries):
@@ -124,12 +128,13 @@ def test_rerank_orders_the_checked_segments_by_match_above_the_rest(monkeypatch)
         def match_all(self, pairs, tick=None, boxes=True):
             looked_for_boxes.append(boxes)
             out = []
-            for seg, _ in pairs:
-                if seg.video.path not in matches:
+            for seg, hit in pairs:
+                looked_at.append((seg.video.path, hit.frame))
+                if (seg.video.path, hit.frame) not in matches:
                     self.failed.add(seg.video.path)
                     out.append(None)
                 else:
-                    out.append(Refined((1.0, 2.0, 3.0, 4.0), matches[seg.video.path], 1.0))
+                    out.append(Refined((1.0, 2.0, 3.0, float(hit.frame)), matches[seg.video.path, hit.frame], 1.0))
             return out
 
         notes = api._Matcher.notes
@@ -138,12 +143,15 @@ def test_rerank_orders_the_checked_segments_by_match_above_the_rest(monkeypatch)
     calls = []
     ordered, notes = api.rerank_segments(None, [], segs, 3, refine=True,
                                          progress=lambda what, n: calls.append((what, n)) or (lambda k: None))
+    assert RERANK_LOOKS == 2 and looked_at == [("/v0.mp4", 0), ("/v1.mp4", 24), ("/v1.mp4", 30), ("/v2.mp4", 48)]
     assert [s.video.path for s in ordered] == ["/v1.mp4", "/v0.mp4", "/v2.mp4", "/v3.mp4"]
     assert [s.match for s in ordered] == [0.7, 0.2, None, None]  # the 4th was not checked
-    assert ordered[0].best.box == [1.0, 2.0, 3.0, 4.0] and ordered[0].best.refined
+    v1 = {h.frame: h for h in ordered[0].hits}
+    assert v1[24].box == [1.0, 2.0, 3.0, 24.0] and v1[30].box == [1.0, 2.0, 3.0, 30.0]  # each its own match's box
+    assert v1[24].refined and v1[30].refined and not v1[36].refined and v1[36].box == [0, 0, 10, 10]
     assert ordered[2].best.box == [0, 0, 10, 10] and not ordered[2].best.refined
     assert ordered[0].best.score == 0.8  # scores stay
-    assert notes == ["not re-ranked in /v2.mp4: it cannot be decoded any more"] and calls == [("re-ranking", 3)]
+    assert notes == ["not re-ranked in /v2.mp4: it cannot be decoded any more"] and calls == [("re-ranking", 4)]
     plain, _ = api.rerank_segments(None, [], [Segment(video(9, "/v0.mp4"), 0, 1, [Hit(0.0, 0, [0, 0, 5, 5], 0.5)])],
                                    3, refine=False)
     assert plain[0].match == 0.2 and plain[0].best.box == [0, 0, 5, 5]  # --no-refine: the match only

@@ -437,7 +437,8 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
          refine_frames: int | None = None, progress=None, snap: str = "shots",
          rerank: int | None = None, verify: bool = True) -> FindResult:
     """Search the library. The best hits of the first `rerank` segments (default RERANK_DEPTH;
-    0: none) are matched with the query (refine.py) and those segments ordered by the match,
+    0: none; RERANK_LOOKS hits each) are matched with the query (refine.py) and those segments
+    ordered by the match,
     above the rest; with `verify`, those segments are taken at the background's cut alone
     (search.auto_thresholds) and those whose match does not stand out from the library's
     background are dropped (verify.py). With `refine`, the boxes of the frames shown (the
@@ -548,20 +549,24 @@ class _Matcher:
 
 def rerank_segments(engine, queries: list[Query], segments: list, depth: int, refine: bool = True,
                     progress=None, matcher: _Matcher | None = None) -> tuple[list, list[str]]:
-    """Re-ranking: the best hit of each of the first `depth` segments is matched with the query
-    (refine.py), and those segments are ordered by the match, above the others, which keep
-    their order (as do segments whose video cannot be decoded). With `refine`, the matched box
-    replaces the hit's. Returns the segments and notes for the user."""
+    """Re-ranking: the best RERANK_LOOKS hits (by region score, so on different frames) of each
+    of the first `depth` segments are matched with the query (refine.py); a segment's match is
+    the best of them, and those segments are ordered by it, above the others, which keep their
+    order (as do segments whose video cannot be decoded). With `refine`, each matched box
+    replaces its hit's. Returns the segments and notes for the user."""
+    from .refine import RERANK_LOOKS
+
     checked = segments[:depth]
     matcher = matcher or _Matcher(engine, queries)
-    tick = progress("re-ranking", len(checked)) if progress else None
-    for seg, found in zip(checked, matcher.match_all([(seg, seg.best) for seg in checked], tick, boxes=refine)):
+    pairs = [(seg, hit) for seg in checked for hit in sorted(seg.hits, key=lambda h: -h.score)[:RERANK_LOOKS]]
+    tick = progress("re-ranking", len(pairs)) if progress else None
+    for (seg, hit), found in zip(pairs, matcher.match_all(pairs, tick, boxes=refine)):
         if found is None:
             continue
-        seg.match = found.score
+        seg.match = found.score if seg.match is None else max(seg.match, found.score)
         if refine:
-            seg.best.box = list(found.box)
-            seg.best.refined = True
+            hit.box = list(found.box)
+            hit.refined = True
     ranked = sorted((s for s in checked if s.match is not None), key=lambda s: -s.match)
     return ranked + [s for s in checked if s.match is None] + segments[depth:], matcher.notes("not re-ranked")
 

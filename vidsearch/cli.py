@@ -159,7 +159,7 @@ def find(
     refine: bool = typer.Option(True, "--refine/--no-refine", help="Look for each shown hit's box again with the query."),
     snap: str = typer.Option("shots", "--snap", help="shots: each segment is the whole shot(s) its hits lie in (where the video was indexed with shot detection); samples: from the first hit to the sample after the last."),
     refine_frames: Optional[int] = typer.Option(None, "--refine-frames", min=1, help="At most this many hit frames refined, best hits first (default: 200 on a GPU, 10 on the CPU, a few seconds each there)."),
-    rerank: Optional[int] = typer.Option(None, "--rerank", min=0, help="Re-rank the first N segments by how well the query matches their best hit, a finer check than the region score (default: 20; about half a second each on the CPU; 0: off)."),
+    rerank: Optional[int] = typer.Option(None, "--rerank", min=0, help="Re-rank the first N segments by how well the query matches their two best hits, a finer check than the region score (default: 20; about half a second a hit on the CPU; 0: off)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Drop re-ranked segments whose match with the query lies nearer the library's background (the query matched at a few random places) than the best match."),
 ) -> None:
     """Find where the query object appears: segments with timecodes, boxes and previews."""

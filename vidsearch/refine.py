@@ -22,8 +22,9 @@ trackers, without their training). Measured choices and numbers: bench/RESULTS.m
 
 The match is also a second opinion on the ranking (re-ranking, `find --rerank N`): a region
 vector averages a box that, for an object of a few dozen pixels, is mostly background, while
-the template keeps the object's layout on a finer map. The top N hits are ordered by their
-match, above the rest (bench/RESULTS.md: small objects in other scenes).
+the template keeps the object's layout on a finer map. The first N segments are ordered by
+their match (the best of their RERANK_LOOKS best hits'), above the rest (bench/RESULTS.md:
+small objects in other scenes).
 """
 
 from __future__ import annotations
@@ -50,6 +51,12 @@ RERANKED = 10.0  # re-ranked scores (a correlation, at most 1) are offset by thi
 # the first 100 cost instance-dev 0.03 (background texture can match the template where the
 # region score had ranked the frame low), so 20 on any device.
 RERANK_DEPTH = 20
+# Hits of each re-ranked segment matched, best region score first; the segment's match is the
+# best of them. A segment's best hit can be a region beside the object on a frame that shows
+# it (a 40 px prop in 1080p often has no region of its own), so one look can miss an object
+# another frame's hit finds. Measured (bench/RESULTS.md): 2 looks keep more right segments on
+# generated 1080p props and drop wrong ones on instance-dev; a third added nothing.
+RERANK_LOOKS = 2
 
 
 @dataclass

@@ -33,7 +33,7 @@ class Segment:
     end: float
     hits: list[Hit] = field(default_factory=list)
     snap: str = "samples"  # what start and end lie on: sampled frames, or shot boundaries
-    match: float | None = None  # the query-guided match on its best hit, where re-ranked (refine.py)
+    match: float | None = None  # the query-guided match on its best hits, where re-ranked (refine.py)
 
     @property
     def best(self) -> Hit:
