@@ -3,7 +3,8 @@ defaults for the device):
 
 - `--compare anywhere`: the whole-frame pass (refine.py, ANYWHERE_PIXELS) off and on;
 - `--compare output`: feature maps by the full forward pass, which keeps every op's output
-  (Graph.forward), against Graph.output, which lets each go once used.
+  (Graph.forward), against Graph.output, which lets each go once used;
+- `--compare looks`: re-ranking with one look per segment (its best hit) and with RERANK_LOOKS.
 
     python bench/refine_cost.py /tmp/find_small/lib-default /tmp/find_small/cup_64px_s1-query.png ... --device cpu
 """
@@ -31,7 +32,7 @@ def main() -> None:
     ap.add_argument("queries", nargs="+", help="query images (crops)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--compare", choices=("anywhere", "output"), default="anywhere")
+    ap.add_argument("--compare", choices=("anywhere", "output", "looks"), default="anywhere")
     args = ap.parse_args()
 
     def run() -> float:
@@ -40,8 +41,11 @@ def main() -> None:
             api.find([q], [], args.library, device=args.device)
         return time.perf_counter() - start
 
-    cap, output = refine.ANYWHERE_PIXELS, Graph.output
-    if args.compare == "anywhere":
+    cap, output, looks = refine.ANYWHERE_PIXELS, Graph.output, refine.RERANK_LOOKS
+    if args.compare == "looks":
+        names = ("one look a segment", f"{looks} looks")
+        settings = (lambda: setattr(refine, "RERANK_LOOKS", 1), lambda: setattr(refine, "RERANK_LOOKS", looks))
+    elif args.compare == "anywhere":
         names = ("near the region only", "with the whole-frame pass")
         settings = (lambda: setattr(refine, "ANYWHERE_PIXELS", 0), lambda: setattr(refine, "ANYWHERE_PIXELS", cap))
     else:
