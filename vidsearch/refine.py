@@ -39,11 +39,13 @@ TEMPLATE_CELLS = 6  # the query's box spans this many cells on its long side
 ZOOMS = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)  # object size / region size, tried
 CONTEXT = 1.0  # the searched window adds this many region sizes on every side
 MAX_SIDE = 640  # network pixels: a window is cut down around the region past this
-# The whole frame is matched (a box may leave its hit region) up to this many network pixels,
-# seen in pieces of PIECE_PIXELS (about 2 GB at the refine layer on a CPU) whose inner edges
-# lose EDGE_CELLS cells to padding.
+# The whole frame is matched (a box may leave its hit region) up to this many network pixels
+# (a cost cap: 1.5 s for 7.6 Mpx on the 2-core CPU), seen in pieces of at most PIECE_PIXELS
+# (about 3 GB at the refine layer) whose inner edges lose EDGE_CELLS cells to padding. Pieces
+# bound memory past the cap's size; below it one piece costs less (no overlaps: 4 Mpx pieces
+# made a 7.6 Mpx pass 1.95x slower, bench/RESULTS.md).
 ANYWHERE_PIXELS = 8_000_000
-PIECE_PIXELS = 4_000_000
+PIECE_PIXELS = 8_000_000
 EDGE_CELLS = 2
 RERANKED = 10.0  # re-ranked scores (a correlation, at most 1) are offset by this, above any cosine
 # Hits re-ranked unless told otherwise (find --rerank, eval :rerank). Measured (bench/RESULTS.md):
