@@ -438,8 +438,7 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
          rerank: int | None = None, verify: bool = True) -> FindResult:
     """Search the library. The best hits of the first `rerank` segments (default RERANK_DEPTH;
     0: none; RERANK_LOOKS hits each) are matched with the query (refine.py) and those segments
-    ordered by the match,
-    above the rest; with `verify`, those segments are taken at the background's cut alone
+    ordered by the match, above the rest; with `verify`, those segments are taken at the background's cut alone
     (search.auto_thresholds) and those whose match does not stand out from the library's
     background are dropped (verify.py). With `refine`, the boxes of the frames shown (the
     re-ranked hits, then every segment's best hit, then the rest, up to `refine_frames`: by

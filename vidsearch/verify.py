@@ -1,11 +1,12 @@
 """Which re-ranked segments show the query's object: their match against the library's background.
 
 Re-ranking (api.rerank_segments) matches the query's template with the two best hits of each
-of the first segments (refine.py, RERANK_LOOKS), and a segment's match is the better. That match separates right frames from wrong ones far better than
-the region score that made them hits: on generated 1080p clips of 40-100 px props, frames
-showing the object match at 0.43-0.83 (median about 0.7), the wrong frames that the region
-score ranks among the first 30 at 0.40-0.60, and the template at random regions of the library
-at about 0.33-0.50 (bench/RESULTS.md). So the match, not the region score, decides which
+of the first segments (refine.py, RERANK_LOOKS), and a segment's match is the better. That
+match separates right frames from wrong ones far better than the region score that made them
+hits: on generated 1080p clips of 40-100 px props, frames showing the object match at 0.43-0.83
+(median about 0.7), the wrong frames that the region score ranks among the first 30 at
+0.40-0.60, and the template at random regions of the library at about 0.33-0.50
+(bench/RESULTS.md). So the match, not the region score, decides which
 re-ranked segments are shown:
 
 - the background is the template's match at a few regions drawn at random from the library
