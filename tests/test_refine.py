@@ -75,6 +75,10 @@ def test_a_box_leaves_a_region_held_by_a_lookalike_for_the_object_elsewhere(engi
     out = refine_box(engine, layer, frame, [template], region)
     assert out.moved and iou(out.box, truth) > 0.6, (out, truth)
     assert out.score == near.score  # the region's match still ranks the hit
+    # find defers the whole-frame pass until verification: the same box, in two steps
+    first = refine.refine_near(engine, layer, frame, [template], region)
+    later = refine.move_anywhere(engine, layer, frame, [template], first)
+    assert later == out and later.template == 0
 
 
 @pytest.mark.parametrize("w,h,scale,keep", [(1920, 1080, 2.4, 150.0), (3840, 2160, 1.0, 40.0), (640, 360, 1.2, 147.0),

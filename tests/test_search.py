@@ -158,6 +158,48 @@ def test_rerank_orders_the_checked_segments_by_match_above_the_rest(monkeypatch)
     assert looked_for_boxes == [True, False]  # the whole-frame pass only where boxes are shown
 
 
+def test_rerank_defers_the_whole_frame_pass_to_the_segments_verification_keeps(monkeypatch):
+    """find's re-ranking matches near each hit's region only and leaves the whole-frame pass
+    (as costly) for after verification: only the kept segments' re-ranked hits get it, and a
+    hit whose video cannot be decoded by then keeps its near box."""
+    from vidsearch import api
+    from vidsearch.refine import Refined
+
+    def video(i: int, path: str) -> VideoRow:
+        return VideoRow(i, path, "k", 1, 0.0, 640, 360, "24", 20.0, 480, "h264", 0, True, None, 20, 0, "", "done", None)
+
+    segs = [Segment(video(i, f"/v{i}.mp4"), i, i + 1, [Hit(float(i), 24 * i, [0, 0, 10, 10], 0.9 - i / 10)])
+            for i in range(3)]
+    boxes_asked, moved = [], []
+
+    class FakeMatcher:
+        failed: set = set()
+
+        def match_all(self, pairs, tick=None, boxes=True):
+            boxes_asked.append(boxes)
+            return [Refined((1.0, 1.0, 5.0, float(h.frame)), 0.5 + s.video.id / 10, 1.0, template=0) for s, h in pairs]
+
+        def move_all(self, found, tick=None):
+            moved.extend(s.video.path for s, _, _ in found)
+            return [Refined((9.0, 9.0, 20.0, 20.0), n.score, n.zoom, moved=True) if s.video.path != "/v2.mp4" else n
+                    for s, _, n in found]
+
+        def notes(self, what, known=frozenset()):
+            return []
+
+    deferred: list = []
+    ordered, _ = api.rerank_segments(None, [], segs, 3, refine=True, matcher=FakeMatcher(), deferred=deferred)
+    assert boxes_asked == [False] and len(deferred) == 3
+    assert [s.video.path for s in ordered] == ["/v2.mp4", "/v1.mp4", "/v0.mp4"]
+    assert all(s.best.refined and s.best.box == [1.0, 1.0, 5.0, float(s.best.frame)] for s in ordered)
+    kept = ordered[:2]  # verification dropped /v0.mp4
+    api.place_deferred(FakeMatcher(), deferred, kept)
+    assert sorted(moved) == ["/v1.mp4", "/v2.mp4"]
+    assert kept[1].best.box == [9.0, 9.0, 20.0, 20.0]  # moved
+    assert kept[0].best.box == [1.0, 1.0, 5.0, 48.0]  # its video failed: the near box stays
+    assert ordered[2].best.box == [1.0, 1.0, 5.0, 0.0]  # dropped: never looked at again
+
+
 def scored_regions(scores: dict[int, float], n_frames: int = 100, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Unit region vectors (20 per sampled frame) that score uniformly within +-0.05 against the
     query e0, except one region of each sample in `scores`, which scores as given; and the query."""

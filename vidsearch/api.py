@@ -442,7 +442,8 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
     (search.auto_thresholds) and those whose match does not stand out from the library's
     background are dropped (verify.py). With `refine`, the boxes of the frames shown (the
     re-ranked hits, then every segment's best hit, then the rest, up to `refine_frames`: by
-    default 200 on a GPU, 10 on the CPU) are looked for again with the query. `snap` shots
+    default 200 on a GPU, 10 on the CPU) are looked for again with the query (the re-ranked
+    hits' whole-frame pass only once verification has kept their segment). `snap` shots
     widens segments to whole shots (where the video was indexed with shot detection), samples
     leaves them on sampled frames. `progress(what, total)` returns a callback taking a number
     of frames."""
@@ -485,13 +486,15 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
         matcher = _Matcher(engine, queries) if result.segments and (depth or refine) else None
         verdict = None
         if depth and result.segments:
+            deferred: list = []  # re-ranked hits whose box waits for verification (whole-frame pass)
             result.segments, rerank_notes = rerank_segments(engine, queries, result.segments, depth, refine, progress,
-                                                            matcher)
+                                                            matcher=matcher, deferred=deferred)
             notes += rerank_notes
             if verify:
                 result.segments, verdict, verify_notes = verify_matches(lib, videos, matcher, result.segments, gpu,
                                                                         progress)
                 notes += verify_notes
+            place_deferred(matcher, deferred, result.segments[:top], progress)
         result.segments = result.segments[:top]
         if refine and result.segments:
             limit = refine_frames or (200 if gpu else 10)
@@ -541,31 +544,53 @@ class _Matcher:
             tick(len(pairs) - done)
         return out
 
+    def move_all(self, found: list, tick=None) -> list:
+        """The whole-frame pass (refine.move_anywhere) for (segment, hit, refine_near's Refined)
+        triples: the Refined each ends with (the near one where its video cannot be decoded)."""
+        from .refine import move_anywhere
+
+        out = [near for _, _, near in found]
+        done = 0
+        for k, frame in self.grabber.grab([(seg.video.path, hit.time, hit.frame) for seg, hit, _ in found]):
+            out[k] = move_anywhere(self.engine, self.layer, frame, self.templates, found[k][2])
+            done += 1
+            if tick:
+                tick(1)
+        if tick and done < len(found):
+            tick(len(found) - done)
+        return out
+
     def notes(self, what: str, known: set[str] = frozenset()) -> list[str]:
         """A note per video that could not be decoded, leaving out those `known` already."""
         return [f"{what} in {p}: it cannot be decoded any more" for p in sorted(self.failed - known)]
 
 
 def rerank_segments(engine, queries: list[Query], segments: list, depth: int, refine: bool = True,
-                    progress=None, matcher: _Matcher | None = None) -> tuple[list, list[str]]:
+                    progress=None, matcher: _Matcher | None = None,
+                    deferred: list | None = None) -> tuple[list, list[str]]:
     """Re-ranking: the best RERANK_LOOKS hits (by region score, so on different frames) of each
     of the first `depth` segments are matched with the query (refine.py); a segment's match is
     the best of them, and those segments are ordered by it, above the others, which keep their
     order (as do segments whose video cannot be decoded). With `refine`, each matched box
-    replaces its hit's. Returns the segments and notes for the user."""
+    replaces its hit's. With a `deferred` list, the boxes' whole-frame pass is left for
+    place_deferred: (segment, hit, match) go there, and the hit keeps the match's box near its
+    region until then (verification drops most re-ranked segments of a large library, and the
+    pass costs as much as the match). Returns the segments and notes for the user."""
     from .refine import RERANK_LOOKS
 
     checked = segments[:depth]
     matcher = matcher or _Matcher(engine, queries)
     pairs = [(seg, hit) for seg in checked for hit in sorted(seg.hits, key=lambda h: -h.score)[:RERANK_LOOKS]]
     tick = progress("re-ranking", len(pairs)) if progress else None
-    for (seg, hit), found in zip(pairs, matcher.match_all(pairs, tick, boxes=refine)):
+    for (seg, hit), found in zip(pairs, matcher.match_all(pairs, tick, boxes=refine and deferred is None)):
         if found is None:
             continue
         seg.match = found.score if seg.match is None else max(seg.match, found.score)
         if refine:
             hit.box = list(found.box)
             hit.refined = True
+            if deferred is not None:
+                deferred.append((seg, hit, found))
     ranked = sorted((s for s in checked if s.match is not None), key=lambda s: -s.match)
     return ranked + [s for s in checked if s.match is None] + segments[depth:], matcher.notes("not re-ranked")
 
@@ -586,6 +611,19 @@ def verify_matches(lib: Library, videos: list, matcher: _Matcher, segments: list
     kept, verdict = verify_segments(segments, background)
     note = verdict_note(verdict)
     return kept, verdict, [note] if note else []
+
+
+def place_deferred(matcher: _Matcher, deferred: list, segments: list, progress=None) -> None:
+    """The whole-frame pass of the re-ranked hits rerank_segments deferred, for those whose
+    segment is still among `segments` (verification kept it): each box may move to a better
+    match elsewhere in its frame, as refine_box would have moved it."""
+    kept = {id(s) for s in segments}
+    todo = [(seg, hit, near) for seg, hit, near in deferred if id(seg) in kept]
+    if not todo:
+        return
+    tick = progress("placing boxes", len(todo)) if progress else None
+    for (seg, hit, _), found in zip(todo, matcher.move_all(todo, tick)):
+        hit.box = list(found.box)
 
 
 def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progress=None,

@@ -24,7 +24,8 @@ The match is also a second opinion on the ranking (re-ranking, `find --rerank N`
 vector averages a box that, for an object of a few dozen pixels, is mostly background, while
 the template keeps the object's layout on a finer map. The first N segments are ordered by
 their match (the best of their RERANK_LOOKS best hits'), above the rest (bench/RESULTS.md:
-small objects in other scenes).
+small objects in other scenes). Only the match near the region ranks, so `find` runs the
+whole-frame pass (move_anywhere) later, on the segments verification keeps.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class Refined:
     zoom: float  # object size / region size found
     moved: bool = False  # the box left the hit region for a better match elsewhere in the frame
     side: float = 0.0  # the object's long side in frame pixels as matched, before the box is cut to the frame
+    template: int = -1  # which of the query's templates matched (-1: none fitted)
 
 
 @dataclass
@@ -256,9 +258,16 @@ def refine_box(engine, layer: int, frame: np.ndarray, templates: list[Template],
     `anywhere`, the box moves where that template, at that size, matches better elsewhere in
     the frame: a lookalike can hold the region (another walker, another player; measured in
     bench/RESULTS.md, "Boxes leave a region held by a lookalike")."""
+    near = refine_near(engine, layer, frame, templates, box0)
+    return move_anywhere(engine, layer, frame, templates, near) if anywhere else near
+
+
+def refine_near(engine, layer: int, frame: np.ndarray, templates: list[Template], box0) -> Refined:
+    """refine_box without the whole-frame pass: the match near `box0` (score -1 where no
+    template fits). `move_anywhere` can finish it later, on the same frame."""
     stride = _stride(engine, layer)
-    best, best_t = Refined(tuple(float(v) for v in box0), -1.0, 1.0), None
-    for t in templates:
+    best = Refined(tuple(float(v) for v in box0), -1.0, 1.0)
+    for i, t in enumerate(templates):
         found = [_match(engine, layer, frame, t, box0, z, stride) for z in ZOOMS]
         top = max((m for m in found if m is not None), key=lambda m: m.score, default=None)
         if top is None:
@@ -267,9 +276,17 @@ def refine_box(engine, layer: int, frame: np.ndarray, templates: list[Template],
         found = [top] + [_match(engine, layer, frame, t, box0, top.zoom * k, stride) for k in (1 / step, step)]
         top = max((m for m in found if m is not None), key=lambda m: m.score)
         if top.score > best.score:
-            best, best_t = top, t
-    if anywhere and best_t is not None:
-        other = _match_anywhere(engine, layer, frame, best_t, best, stride)
-        if other is not None and other.score > best.score:
-            return Refined(other.box, best.score, best.zoom, moved=True, side=other.side)
+            best = top
+            best.template = i
     return best
+
+
+def move_anywhere(engine, layer: int, frame: np.ndarray, templates: list[Template], near: Refined) -> Refined:
+    """The whole-frame pass of refine_box: `near` (refine_near's, on this frame) moved where its
+    template, at its size, matches better elsewhere in the frame; its score stays near's."""
+    if near.template < 0:
+        return near
+    other = _match_anywhere(engine, layer, frame, templates[near.template], near, _stride(engine, layer))
+    if other is not None and other.score > near.score:
+        return Refined(other.box, near.score, near.zoom, moved=True, side=other.side, template=near.template)
+    return near
