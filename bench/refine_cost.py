@@ -4,9 +4,14 @@ defaults for the device):
 - `--compare anywhere`: the whole-frame pass (refine.py, ANYWHERE_PIXELS) off and on;
 - `--compare output`: feature maps by the full forward pass, which keeps every op's output
   (Graph.forward), against Graph.output, which lets each go once used;
-- `--compare looks`: re-ranking with one look per segment (its best hit) and with RERANK_LOOKS.
+- `--compare looks`: re-ranking with one look per segment (its best hit) and with RERANK_LOOKS;
+- `--compare deferred`: the re-ranked hits' whole-frame pass run at re-ranking, on every
+  re-ranked segment, against deferred to the segments verification keeps (the same results:
+  the run says whether they were).
 
     python bench/refine_cost.py /tmp/find_small/lib-default /tmp/find_small/cup_64px_s1-query.png ... --device cpu
+
+A query is a crop, or a frame and its box as IMAGE@X,Y,W,H.
 """
 
 from __future__ import annotations
@@ -32,17 +37,27 @@ def main() -> None:
     ap.add_argument("queries", nargs="+", help="query images (crops)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--compare", choices=("anywhere", "output", "looks"), default="anywhere")
+    ap.add_argument("--compare", choices=("anywhere", "output", "looks", "deferred"), default="anywhere")
     args = ap.parse_args()
 
-    def run() -> float:
-        start = time.perf_counter()
+    def run() -> tuple[float, list]:
+        start, shown = time.perf_counter(), []
         for q in args.queries:
-            api.find([q], [], args.library, device=args.device)
-        return time.perf_counter() - start
+            image, _, box = q.partition("@")
+            found = api.find([image], [box] if box else [], args.library, device=args.device)
+            shown.append([(s.video.path, s.start, s.match, [(h.frame, [round(v, 2) for v in h.box]) for h in s.hits])
+                          for s in found.result.segments])
+        return time.perf_counter() - start, shown
 
-    cap, output, looks = refine.ANYWHERE_PIXELS, Graph.output, refine.RERANK_LOOKS
-    if args.compare == "looks":
+    cap, output, looks, rerank = refine.ANYWHERE_PIXELS, Graph.output, refine.RERANK_LOOKS, api.rerank_segments
+
+    def at_once(*args, deferred=None, **kwargs):  # find as before: every re-ranked hit's whole-frame pass at once
+        return rerank(*args, **kwargs)
+
+    if args.compare == "deferred":
+        names = ("whole-frame pass at re-ranking", "deferred to the kept segments")
+        settings = (lambda: setattr(api, "rerank_segments", at_once), lambda: setattr(api, "rerank_segments", rerank))
+    elif args.compare == "looks":
         names = ("one look a segment", f"{looks} looks")
         settings = (lambda: setattr(refine, "RERANK_LOOKS", 1), lambda: setattr(refine, "RERANK_LOOKS", looks))
     elif args.compare == "anywhere":
@@ -53,12 +68,15 @@ def main() -> None:
         settings = (lambda: setattr(Graph, "output", _full_forward), lambda: setattr(Graph, "output", output))
     run()  # warm: weights, index, decoders
     for _ in range(args.repeats):
-        times = []
+        times, shown = [], []
         for setting in settings:
             setting()
-            times.append(run())
+            t, out = run()
+            times.append(t)
+            shown.append(out)
+        same = "the same segments, hits and boxes" if shown[0] == shown[1] else "results differ"
         print(f"{len(args.queries)} finds: {names[0]} {times[0]:.1f} s, {names[1]} {times[1]:.1f} s "
-              f"({times[1] / times[0]:.2f}x)", flush=True)
+              f"({times[1] / times[0]:.2f}x); {same}", flush=True)
 
 
 if __name__ == "__main__":
