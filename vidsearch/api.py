@@ -528,36 +528,33 @@ class _Matcher:
 
     def match_all(self, pairs: list, tick=None, boxes: bool = True) -> list:
         """refine.Refined per (segment, hit), None where its video cannot be decoded; without
-        `boxes` only the score counts (the box is not looked for elsewhere in the frame). The hit
-        frames of each video are grabbed in one pass (video.FrameGrabber): a segment's hits are
-        a second or so apart, and a seek per hit decoded from a keyframe again each time."""
+        `boxes` only the score counts (the box is not looked for elsewhere in the frame)."""
         from .refine import refine_box
 
-        out: list = [None] * len(pairs)
-        done = 0
-        for k, frame in self.grabber.grab([(seg.video.path, hit.time, hit.frame) for seg, hit in pairs]):
-            out[k] = refine_box(self.engine, self.layer, frame, self.templates, pairs[k][1].box, anywhere=boxes)
-            done += 1
-            if tick:
-                tick(1)
-        if tick and done < len(pairs):  # the frames of videos that could not be decoded
-            tick(len(pairs) - done)
-        return out
+        return self._on_frames(pairs, [None] * len(pairs), tick, lambda k, frame: refine_box(
+            self.engine, self.layer, frame, self.templates, pairs[k][1].box, anywhere=boxes))
 
     def move_all(self, found: list, tick=None) -> list:
         """The whole-frame pass (refine.move_anywhere) for (segment, hit, refine_near's Refined)
         triples: the Refined each ends with (the near one where its video cannot be decoded)."""
         from .refine import move_anywhere
 
-        out = [near for _, _, near in found]
+        return self._on_frames(found, [near for _, _, near in found], tick, lambda k, frame: move_anywhere(
+            self.engine, self.layer, frame, self.templates, found[k][2]))
+
+    def _on_frames(self, items: list, out: list, tick, work) -> list:
+        """out[k] = work(k, frame) for each item's hit frame (items start with (segment, hit));
+        out[k] stays where its video cannot be decoded. The hit frames of each video are grabbed
+        in one pass (video.FrameGrabber): a segment's hits are a second or so apart, and a seek
+        per hit decoded from a keyframe again each time."""
         done = 0
-        for k, frame in self.grabber.grab([(seg.video.path, hit.time, hit.frame) for seg, hit, _ in found]):
-            out[k] = move_anywhere(self.engine, self.layer, frame, self.templates, found[k][2])
+        for k, frame in self.grabber.grab([(item[0].video.path, item[1].time, item[1].frame) for item in items]):
+            out[k] = work(k, frame)
             done += 1
             if tick:
                 tick(1)
-        if tick and done < len(found):
-            tick(len(found) - done)
+        if tick and done < len(items):  # the frames of videos that could not be decoded
+            tick(len(items) - done)
         return out
 
     def notes(self, what: str, known: set[str] = frozenset()) -> list[str]:
