@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidsearch.api import load_image
+from vidsearch.queries import load_image
 from vidsearch.config import load_preset, with_overrides
 from vidsearch.dasr.engine import Engine
 from vidsearch.evaluate import load_sequences

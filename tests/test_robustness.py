@@ -18,7 +18,7 @@ from hypothesis import given, settings, strategies as st
 from PIL import Image
 from typer.testing import CliRunner
 
-from vidsearch import api
+from vidsearch import api, queries
 from vidsearch.cli import app
 from vidsearch.errors import InputError
 from vidsearch.library import Library
@@ -140,15 +140,15 @@ def test_query_images_of_every_kind(tmp_path):
     Image.fromarray(rgb).convert("CMYK").save(tmp_path / "cmyk.jpg")
     Image.fromarray((rgb[..., 0].astype(np.uint16) * 257)).save(tmp_path / "deep.png")
     for name in ("gray.png", "rgba.png", "cmyk.jpg", "deep.png"):
-        img = api.load_image(tmp_path / name)
+        img = queries.load_image(tmp_path / name)
         assert img.dtype == np.uint8 and img.shape == rgb.shape[:2] + (3,), name
         assert img.mean() > 40, name  # not black: 16-bit scaled down, CMYK inverted properly
     (tmp_path / "notes.png").write_text("hello")
     (tmp_path / "broken.jpg").write_bytes((tmp_path / "cmyk.jpg").read_bytes()[:300])
     with pytest.raises(InputError, match="not an image"):
-        api.load_image(tmp_path / "notes.png")
+        queries.load_image(tmp_path / "notes.png")
     with pytest.raises(InputError, match="damaged|not an image"):
-        api.load_image(tmp_path / "broken.jpg")
+        queries.load_image(tmp_path / "broken.jpg")
 
 
 def test_tiny_crop_warns_but_answers(library, tmp_path):
@@ -162,16 +162,16 @@ def test_box_past_the_image_warns_and_names_corners(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (240, 360, 3), np.uint8)).save(tmp_path / "frame.png")
     frame = str(tmp_path / "frame.png")
     # corners 200,100 - 260,180 passed as X,Y,W,H: cut to 200..360 x 100..240, and the hint
-    (q,) = api.make_queries([frame], ["200,100,260,180"])
+    (q,) = queries.make_queries([frame], ["200,100,260,180"])
     assert q.box == (200.0, 100.0, 360.0, 240.0)
     assert len(q.warnings) == 1 and "reaches past frame.png (360x240 pixels)" in q.warnings[0]
     assert "give --box 200,100,60,80" in q.warnings[0]
     # past the edge but not readable as corners (x2 < x1): the cut is said, no hint
-    (q,) = api.make_queries([frame], ["300,100,100,50"])
+    (q,) = queries.make_queries([frame], ["300,100,100,50"])
     assert len(q.warnings) == 1 and "was cut to fit" in q.warnings[0] and "corners" not in q.warnings[0]
     # inside, or touching the edge exactly: nothing to say
     for text in ("200,100,60,80", "0,0,360,240", "10,10,350,230"):
-        (q,) = api.make_queries([frame], [text])
+        (q,) = queries.make_queries([frame], [text])
         assert q.warnings == [], text
 
 
@@ -184,13 +184,13 @@ def test_plain_query_warns(tmp_path):
     Image.fromarray(frame).save(tmp_path / "frame.png")
     Image.fromarray(object_crop("coffee")).save(tmp_path / "coffee.png")
     plain = lambda q: [m for m in q.warnings if "nearly plain" in m]
-    (q,) = api.make_queries([str(tmp_path / "sky.png")], [])
+    (q,) = queries.make_queries([str(tmp_path / "sky.png")], [])
     assert len(plain(q)) == 1 and "sky.png" in plain(q)[0]
-    (q,) = api.make_queries([str(tmp_path / "frame.png")], ["10,20,60,60"])  # a box on the sky part
+    (q,) = queries.make_queries([str(tmp_path / "frame.png")], ["10,20,60,60"])  # a box on the sky part
     assert len(plain(q)) == 1
-    (q,) = api.make_queries([str(tmp_path / "frame.png")], ["90,20,60,64"])  # a box on the object
+    (q,) = queries.make_queries([str(tmp_path / "frame.png")], ["90,20,60,64"])  # a box on the object
     assert plain(q) == []
-    (q,) = api.make_queries([str(tmp_path / "coffee.png")], [])
+    (q,) = queries.make_queries([str(tmp_path / "coffee.png")], [])
     assert plain(q) == []
 
 
@@ -198,7 +198,7 @@ def test_plain_query_warns(tmp_path):
 @given(st.text(max_size=30), st.integers(1, 4000), st.integers(1, 4000))
 def test_fuzzed_boxes_give_a_box_inside_or_a_clear_error(text, w, h):
     try:
-        box = api.box_in_image(api.parse_box(text), (h, w, 3), "img")
+        box = queries.box_in_image(queries.parse_box(text), (h, w, 3), "img")
     except InputError:
         return
     x1, y1, x2, y2 = box

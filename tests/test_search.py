@@ -106,7 +106,7 @@ def test_rerank_orders_the_checked_segments_by_match_above_the_rest(monkeypatch)
     """The first `depth` segments are ordered by their match, the best of their first two hits'
     (by region score) matches, above the others; one whose video cannot be decoded stays after
     the matched ones, unmatched, and is named."""
-    from vidsearch import api
+    from vidsearch import rerank
     from vidsearch.refine import RERANK_LOOKS, Refined
 
     def video(i: int, path: str) -> VideoRow:
@@ -137,12 +137,12 @@ def test_rerank_orders_the_checked_segments_by_match_above_the_rest(monkeypatch)
                     out.append(Refined((1.0, 2.0, 3.0, float(hit.frame)), matches[seg.video.path, hit.frame], 1.0))
             return out
 
-        notes = api._Matcher.notes
+        notes = rerank.Matcher.notes
 
-    monkeypatch.setattr(api, "_Matcher", FakeMatcher)
+    monkeypatch.setattr(rerank, "Matcher", FakeMatcher)
     calls = []
-    ordered, notes = api.rerank_segments(None, [], segs, 3, refine=True,
-                                         progress=lambda what, n: calls.append((what, n)) or (lambda k: None))
+    ordered, notes = rerank.rerank_segments(None, [], segs, 3, refine=True,
+                                            progress=lambda what, n: calls.append((what, n)) or (lambda k: None))
     assert RERANK_LOOKS == 2 and looked_at == [("/v0.mp4", 0), ("/v1.mp4", 24), ("/v1.mp4", 30), ("/v2.mp4", 48)]
     assert [s.video.path for s in ordered] == ["/v1.mp4", "/v0.mp4", "/v2.mp4", "/v3.mp4"]
     assert [s.match for s in ordered] == [0.7, 0.2, None, None]  # the 4th was not checked
@@ -152,8 +152,8 @@ def test_rerank_orders_the_checked_segments_by_match_above_the_rest(monkeypatch)
     assert ordered[2].best.box == [0, 0, 10, 10] and not ordered[2].best.refined
     assert ordered[0].best.score == 0.8  # scores stay
     assert notes == ["not re-ranked in /v2.mp4: it cannot be decoded any more"] and calls == [("re-ranking", 4)]
-    plain, _ = api.rerank_segments(None, [], [Segment(video(9, "/v0.mp4"), 0, 1, [Hit(0.0, 0, [0, 0, 5, 5], 0.5)])],
-                                   3, refine=False)
+    plain, _ = rerank.rerank_segments(None, [], [Segment(video(9, "/v0.mp4"), 0, 1, [Hit(0.0, 0, [0, 0, 5, 5], 0.5)])],
+                                      3, refine=False)
     assert plain[0].match == 0.2 and plain[0].best.box == [0, 0, 5, 5]  # --no-refine: the match only
     assert looked_for_boxes == [True, False]  # the whole-frame pass only where boxes are shown
 
@@ -162,7 +162,7 @@ def test_rerank_defers_the_whole_frame_pass_to_the_segments_verification_keeps(m
     """find's re-ranking matches near each hit's region only and leaves the whole-frame pass
     (as costly) for after verification: only the kept segments' re-ranked hits get it, and a
     hit whose video cannot be decoded by then keeps its near box."""
-    from vidsearch import api
+    from vidsearch import rerank
     from vidsearch.refine import Refined
 
     def video(i: int, path: str) -> VideoRow:
@@ -188,12 +188,12 @@ def test_rerank_defers_the_whole_frame_pass_to_the_segments_verification_keeps(m
             return []
 
     deferred: list = []
-    ordered, _ = api.rerank_segments(None, [], segs, 3, refine=True, matcher=FakeMatcher(), deferred=deferred)
+    ordered, _ = rerank.rerank_segments(None, [], segs, 3, refine=True, matcher=FakeMatcher(), deferred=deferred)
     assert boxes_asked == [False] and len(deferred) == 3
     assert [s.video.path for s in ordered] == ["/v2.mp4", "/v1.mp4", "/v0.mp4"]
     assert all(s.best.refined and s.best.box == [1.0, 1.0, 5.0, float(s.best.frame)] for s in ordered)
     kept = ordered[:2]  # verification dropped /v0.mp4
-    api.place_deferred(FakeMatcher(), deferred, kept)
+    rerank.place_deferred(FakeMatcher(), deferred, kept)
     assert sorted(moved) == ["/v1.mp4", "/v2.mp4"]
     assert kept[1].best.box == [9.0, 9.0, 20.0, 20.0]  # moved
     assert kept[0].best.box == [1.0, 1.0, 5.0, 48.0]  # its video failed: the near box stays

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,143 +14,11 @@ from .config import Preset, load_preset
 from .dasr.query import query_views
 from .errors import InputError, LibraryError, VidsearchError
 from .library import CATALOG, Library, content_key
+from .queries import Query, load_image, make_queries
+from .rerank import Matcher, place_deferred, refine_hits, rerank_segments, verify_matches
 from .search import SearchResult, fuse, search
-from .verify import BACKGROUND_MATCHES, Verdict, background_pairs, verdict_note, verify_segments
-from .video import Sampler, open_source, probe, read_ahead, read_frame_at
-
-
-# ----------------------------------------------------------------------------- queries
-
-
-def load_image(path: str | Path) -> np.ndarray:
-    """Any image Pillow reads (grayscale, RGBA, 16-bit, CMYK, ...) -> RGB uint8 (H, W, 3)."""
-    from PIL import Image, UnidentifiedImageError
-
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"query image {path} does not exist" + (" (it is a directory)" if path.is_dir() else ""))
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img).astype(np.float64)
-                top = 65535.0 if arr.max() > 255 else 255.0
-                arr = np.clip(arr / top * 255.0 + 0.5, 0, 255).astype(np.uint8)
-                return np.ascontiguousarray(np.stack([arr] * 3, axis=-1))
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                rgba = img.convert("RGBA")
-                background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(background, rgba)
-            return np.ascontiguousarray(np.asarray(img.convert("RGB")))
-    except UnidentifiedImageError:
-        raise InputError(f"{path} is not an image Pillow can read: give a PNG, JPEG, TIFF or WebP") from None
-    except (OSError, SyntaxError, ValueError) as exc:
-        raise InputError(f"{path} is a damaged image ({exc}): export the crop again") from None
-
-
-def parse_box(text: str) -> tuple[float, float, float, float]:
-    """'X,Y,W,H' in pixels -> (x, y, w, h)."""
-    parts = text.replace(" ", "").split(",")
-    try:
-        values = tuple(float(p) for p in parts)
-    except ValueError:
-        values = ()
-    if len(values) != 4 or not all(np.isfinite(values)):
-        raise InputError(f"--box {text!r} is not X,Y,W,H in pixels (e.g. --box 120,40,200,150)")
-    x, y, w, h = values
-    if w <= 0 or h <= 0:
-        raise InputError(f"--box {text!r} has zero or negative width/height: W and H must be > 0")
-    return x, y, w, h
-
-
-def box_in_image(box: tuple[float, float, float, float], shape: tuple[int, ...], what: str) -> tuple[float, float, float, float]:
-    """(x, y, w, h) -> (x1, y1, x2, y2) clipped to the image; outside or empty is an error."""
-    h_img, w_img = shape[:2]
-    x, y, w, h = box
-    x1, y1, x2, y2 = max(0.0, x), max(0.0, y), min(float(w_img), x + w), min(float(h_img), y + h)
-    if x2 - x1 < 1 or y2 - y1 < 1:
-        raise InputError(f"--box {x:g},{y:g},{w:g},{h:g} lies outside {what} ({w_img}x{h_img} pixels)")
-    return x1, y1, x2, y2
-
-
-def box_cut_warning(box: tuple[float, float, float, float], shape: tuple[int, ...], what: str) -> str | None:
-    """A warning where (x, y, w, h) reaches past the image and was cut (None where it fits).
-    Where the numbers read as corners x1,y1,x2,y2 would lie inside, it says so: passing corners
-    is the usual way to get here, and the box then silently covers the wrong place."""
-    h_img, w_img = shape[:2]
-    x, y, w, h = box
-    if x >= -0.5 and y >= -0.5 and x + w <= w_img + 0.5 and y + h <= h_img + 0.5:
-        return None
-    text = f"--box {x:g},{y:g},{w:g},{h:g} reaches past {what} ({w_img}x{h_img} pixels) and was cut to fit"
-    if 0 <= x < w <= w_img and 0 <= y < h <= h_img:
-        text += (f"; --box takes X,Y,W,H (a width and height, not corners): if you meant corners, "
-                 f"give --box {x:g},{y:g},{w - x:g},{h - y:g}")
-    return text
-
-
-@dataclass
-class Query:
-    source: str
-    box: tuple[float, float, float, float]  # x1, y1, x2, y2 in the image
-    image: np.ndarray
-    warnings: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict:
-        return {"source": self.source, "box": [round(v, 1) for v in self.box],
-                "size": [int(self.image.shape[1]), int(self.image.shape[0])]}
-
-
-# A query box whose pixels vary by less than this (standard deviation, 0-255, its most varied
-# channel) is plain. Measured: a crop of clear sky 3.0; the objects of the eight instance-dev
-# sequences 18.6 (a dark-clad walker) to 72.7, the generated set's objects 30-78.
-PLAIN_QUERY = 8.0
-
-
-def _query_box(text: str | None, shape: tuple[int, ...], what: str) -> tuple[tuple[float, float, float, float], list[str]]:
-    """--box text (None: the whole image) -> the box as x1, y1, x2, y2 in the image, and warnings."""
-    if not text:
-        return (0.0, 0.0, float(shape[1]), float(shape[0])), []
-    raw = parse_box(text)
-    return box_in_image(raw, shape, what), [m for m in [box_cut_warning(raw, shape, what)] if m]
-
-
-def make_queries(images: list[str], boxes: list[str], query_video: str | None = None,
-                 at: str | None = None) -> list[Query]:
-    """--query IMG (and --box per image, or one box for all) and/or --query-video V --at T --box B."""
-    if not images and not query_video:
-        raise InputError("give a query: --query IMAGE (a crop, or a frame with --box X,Y,W,H) or --query-video VIDEO --at TIME --box X,Y,W,H")
-    if boxes and images and len(boxes) not in (1, len(images)) and not query_video:
-        raise InputError(f"{len(boxes)} --box values for {len(images)} --query images: give one box, or one per image")
-    from .render import crop_box
-
-    queries: list[Query] = []
-    for i, path in enumerate(images):
-        img = load_image(path)
-        box_text = boxes[i] if len(boxes) == len(images) else (boxes[0] if boxes and not query_video else None)
-        box, warnings = _query_box(box_text, img.shape, Path(path).name)
-        queries.append(Query(str(Path(path).resolve()), box, img, warnings))
-    if query_video:
-        if at is None:
-            raise InputError("--query-video needs --at TIME (seconds or HH:MM:SS:FF)")
-        from .timecode import parse_time
-
-        info = probe(query_video)
-        seconds = parse_time(at, info.fps)
-        frame = read_frame_at(query_video, seconds)
-        box, warnings = _query_box(boxes[-1] if boxes else None, frame.image.shape, Path(query_video).name)
-        queries.append(Query(f"{Path(query_video).resolve()}@{frame.time:.3f}s", box, frame.image, warnings))
-    for q in queries:
-        w, h = q.box[2] - q.box[0], q.box[3] - q.box[1]
-        if min(w, h) < 32:
-            q.warnings.append(f"the query box in {Path(q.source).name} is only {w:.0f}x{h:.0f} pixels: "
-                              "recall will be poor; a larger crop works better")
-        step = max(1, int(np.sqrt(w * h / 250_000)))  # a quarter-million pixels are plenty for a spread
-        spread = float(crop_box(q.image, q.box, pad=0.0)[::step, ::step].reshape(-1, 3).std(0).max())
-        if spread < PLAIN_QUERY:
-            q.warnings.append(f"the query box in {Path(q.source).name} is nearly plain (its pixels vary by "
-                              f"{spread:.1f} of 255): sky or a wall matches anywhere, so hits and boxes will be "
-                              "vague; give a crop or box around the object itself")
-    return queries
+from .verify import Verdict
+from .video import Sampler, open_source, probe, read_ahead
 
 
 # ----------------------------------------------------------------------------- index
@@ -483,7 +351,7 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
                 result.segments, lambda v: lib.load_shard(v.id, ("sample_frame", "sample_time", "shot_cut")))
             notes += snap_notes
         # one set of templates and decoded-video probes for re-ranking and boxes
-        matcher = _Matcher(engine, queries) if result.segments and (depth or refine) else None
+        matcher = Matcher(engine, queries) if result.segments and (depth or refine) else None
         verdict = None
         if depth and result.segments:
             deferred: list = []  # re-ranked hits whose box waits for verification (whole-frame pass)
@@ -507,142 +375,6 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
 
 
 # ----------------------------------------------------------------------------- pictures
-
-
-class _Matcher:
-    """The query's templates (refine.py), and hit frames decoded and matched with them."""
-
-    def __init__(self, engine, queries: list[Query]) -> None:
-        from .refine import make_template, refine_layer
-        from .video import FrameGrabber
-
-        self.engine = engine
-        self.layer = refine_layer(engine)
-        self.templates = []
-        for q in queries:
-            h, w = q.image.shape[:2]
-            whole = q.box[0] <= 0 and q.box[1] <= 0 and q.box[2] >= w and q.box[3] >= h
-            self.templates.append(make_template(engine, self.layer, q.image, None if whole else q.box))
-        self.grabber = FrameGrabber()
-        self.failed = self.grabber.missing  # the videos that could not be decoded
-
-    def match_all(self, pairs: list, tick=None, boxes: bool = True) -> list:
-        """refine.Refined per (segment, hit), None where its video cannot be decoded; without
-        `boxes` only the score counts (the box is not looked for elsewhere in the frame)."""
-        from .refine import refine_box
-
-        return self._on_frames(pairs, [None] * len(pairs), tick, lambda k, frame: refine_box(
-            self.engine, self.layer, frame, self.templates, pairs[k][1].box, anywhere=boxes))
-
-    def move_all(self, found: list, tick=None) -> list:
-        """The whole-frame pass (refine.move_anywhere) for (segment, hit, refine_near's Refined)
-        triples: the Refined each ends with (the near one where its video cannot be decoded)."""
-        from .refine import move_anywhere
-
-        return self._on_frames(found, [near for _, _, near in found], tick, lambda k, frame: move_anywhere(
-            self.engine, self.layer, frame, self.templates, found[k][2]))
-
-    def _on_frames(self, items: list, out: list, tick, work) -> list:
-        """out[k] = work(k, frame) for each item's hit frame (items start with (segment, hit));
-        out[k] stays where its video cannot be decoded. The hit frames of each video are grabbed
-        in one pass (video.FrameGrabber): a segment's hits are a second or so apart, and a seek
-        per hit decoded from a keyframe again each time."""
-        done = 0
-        for k, frame in self.grabber.grab([(item[0].video.path, item[1].time, item[1].frame) for item in items]):
-            out[k] = work(k, frame)
-            done += 1
-            if tick:
-                tick(1)
-        if tick and done < len(items):  # the frames of videos that could not be decoded
-            tick(len(items) - done)
-        return out
-
-    def notes(self, what: str, known: set[str] = frozenset()) -> list[str]:
-        """A note per video that could not be decoded, leaving out those `known` already."""
-        return [f"{what} in {p}: it cannot be decoded any more" for p in sorted(self.failed - known)]
-
-
-def rerank_segments(engine, queries: list[Query], segments: list, depth: int, refine: bool = True,
-                    progress=None, matcher: _Matcher | None = None,
-                    deferred: list | None = None) -> tuple[list, list[str]]:
-    """Re-ranking: the best RERANK_LOOKS hits (by region score, so on different frames) of each
-    of the first `depth` segments are matched with the query (refine.py); a segment's match is
-    the best of them, and those segments are ordered by it, above the others, which keep their
-    order (as do segments whose video cannot be decoded). With `refine`, each matched box
-    replaces its hit's. With a `deferred` list, the boxes' whole-frame pass is left for
-    place_deferred: (segment, hit, match) go there, and the hit keeps the match's box near its
-    region until then (verification drops most re-ranked segments of a large library, and the
-    pass costs as much as the match). Returns the segments and notes for the user."""
-    from .refine import RERANK_LOOKS
-
-    checked = segments[:depth]
-    matcher = matcher or _Matcher(engine, queries)
-    pairs = [(seg, hit) for seg in checked for hit in sorted(seg.hits, key=lambda h: -h.score)[:RERANK_LOOKS]]
-    tick = progress("re-ranking", len(pairs)) if progress else None
-    for (seg, hit), found in zip(pairs, matcher.match_all(pairs, tick, boxes=refine and deferred is None)):
-        if found is None:
-            continue
-        seg.match = found.score if seg.match is None else max(seg.match, found.score)
-        if refine:
-            hit.box = list(found.box)
-            hit.refined = True
-            if deferred is not None:
-                deferred.append((seg, hit, found))
-    ranked = sorted((s for s in checked if s.match is not None), key=lambda s: -s.match)
-    return ranked + [s for s in checked if s.match is None] + segments[depth:], matcher.notes("not re-ranked")
-
-
-def verify_matches(lib: Library, videos: list, matcher: _Matcher, segments: list, gpu: bool,
-                   progress=None) -> tuple[list, Verdict | None, list[str]]:
-    """verify.py on re-ranked segments: the template matched at random regions of the library
-    (BACKGROUND_MATCHES), then the segments whose match does not stand out dropped. Returns the
-    segments, the verdict and notes for the user."""
-    if not any(s.match is not None for s in segments):
-        return segments, None, []
-    pairs = background_pairs(lib, videos, BACKGROUND_MATCHES["cuda" if gpu else "cpu"])
-    tick = progress("matching the background", len(pairs)) if progress else None
-    background = [f.score for f in matcher.match_all(pairs, tick, boxes=False) if f is not None]
-    if not background:
-        return segments, None, ["re-ranked segments were not verified: no background region of the library could "
-                                "be decoded"]
-    kept, verdict = verify_segments(segments, background)
-    note = verdict_note(verdict)
-    return kept, verdict, [note] if note else []
-
-
-def place_deferred(matcher: _Matcher, deferred: list, segments: list, progress=None) -> None:
-    """The whole-frame pass of the re-ranked hits rerank_segments deferred, for those whose
-    segment is still among `segments` (verification kept it): each box may move to a better
-    match elsewhere in its frame, as refine_box would have moved it."""
-    kept = {id(s) for s in segments}
-    todo = [(seg, hit, near) for seg, hit, near in deferred if id(seg) in kept]
-    if not todo:
-        return
-    tick = progress("placing boxes", len(todo)) if progress else None
-    for (seg, hit, _), found in zip(todo, matcher.move_all(todo, tick)):
-        hit.box = list(found.box)
-
-
-def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progress=None,
-                matcher: _Matcher | None = None) -> list[str]:
-    """Query-guided boxes (refine.py) on hit frames: each segment's best hit first, then the
-    others in segment order, up to `limit` frames (hits refined already count and are kept).
-    Ranking and scores stay; boxes change and say so. Returns notes for the user (frames that
-    could not be decoded)."""
-    order = [(s, s.best) for s in segments] + [(s, h) for s in segments for h in s.hits if h is not s.best]
-    notes = [f"boxes refined on the first {limit} of {len(order)} hit frames (each segment's best first); "
-             f"--refine-frames N for more"] if len(order) > limit else []
-    order = [(s, h) for s, h in order[:limit] if not h.refined]
-    if not order:
-        return notes
-    matcher = matcher or _Matcher(engine, queries)
-    known = set(matcher.failed)  # named already (by re-ranking)
-    tick = progress("refining boxes", len(order)) if progress else None
-    for (seg, hit), found in zip(order, matcher.match_all(order, tick)):
-        if found is not None:
-            hit.box = list(found.box)
-            hit.refined = True
-    return notes + matcher.notes("boxes were not refined", known)
 
 
 def best_frames(segments) -> dict[int, np.ndarray]:

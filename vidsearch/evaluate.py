@@ -186,7 +186,7 @@ def make_protocol(seqs: list[Sequence], stride: int = 4, queries: str = "first",
 
 
 def read_image(path: Path) -> np.ndarray:
-    from .api import load_image
+    from .queries import load_image
 
     return load_image(path)
 
@@ -442,7 +442,7 @@ def _match_references(scored: Scored, engine, seqs, proto, pick, what: str) -> t
 
 
 def _rerank(scored: Scored, engine, seqs, proto, depth: int) -> np.ndarray:
-    """`find`'s re-ranking (api.rerank_segments): each query's top `depth` references ordered by
+    """`find`'s re-ranking (rerank.rerank_segments): each query's top `depth` references ordered by
     the query-guided match on them, above the rest, which keep their order; their boxes become
     the matched ones. Returns which (query, reference) boxes were refined."""
     def top(qi, s, relevant, left_out):

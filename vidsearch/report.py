@@ -59,7 +59,7 @@ def _save_jpeg(img: Image.Image, path: Path) -> str:
 
 def _query_images(data: dict, img_dir: Path) -> list[tuple[str, str]]:
     """The query crops as small pictures (image queries, and frames of query videos)."""
-    from .api import load_image
+    from .queries import load_image
     from .video import read_frame_at
 
     out = []

@@ -1,6 +1,6 @@
 """Which re-ranked segments show the query's object: their match against the library's background.
 
-Re-ranking (api.rerank_segments) matches the query's template with the two best hits of each
+Re-ranking (rerank.rerank_segments) matches the query's template with the two best hits of each
 of the first segments (refine.py, RERANK_LOOKS), and a segment's match is the better. That
 match separates right frames from wrong ones far better than the region score that made them
 hits: on generated 1080p clips of 40-100 px props, frames showing the object match at 0.43-0.83
