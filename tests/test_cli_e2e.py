@@ -70,6 +70,23 @@ def test_segments_are_whole_shots_or_end_on_samples(world):
     assert len(seg["hits"]) == len(plain["hits"])
 
 
+def test_segments_are_matched_and_verified_before_they_widen_to_shots(world, monkeypatch):
+    """In a long take the object comes and goes: find matches and verifies each run of sampled
+    frames on its own, and only the runs it keeps widen to their shots (and merge there)."""
+    pytest.importorskip("scenedetect")
+    given, real = [], api.rerank_segments
+
+    def spy(engine, queries, segments, depth, *args, **kwargs):
+        given.extend(s.snap for s in segments[:depth])
+        return real(engine, queries, segments, depth, *args, **kwargs)
+
+    monkeypatch.setattr(api, "rerank_segments", spy)
+    found = api.find([str(world["crop"])], library=str(world["lib"]), device="cpu", refine=False)
+    best = found.result.segments[0]
+    assert given and set(given) == {"samples"}
+    assert best.snap == "shots" and best.match is not None and round(best.start * 24) == 60
+
+
 def test_json_schema(world):
     data = find_json(world)
     assert set(data) >= {"query", "library", "preset", "segments"}

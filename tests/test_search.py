@@ -198,6 +198,11 @@ def test_rerank_defers_the_whole_frame_pass_to_the_segments_verification_keeps(m
     assert kept[1].best.box == [9.0, 9.0, 20.0, 20.0]  # moved
     assert kept[0].best.box == [1.0, 1.0, 5.0, 48.0]  # its video failed: the near box stays
     assert ordered[2].best.box == [1.0, 1.0, 5.0, 0.0]  # dropped: never looked at again
+    # segments merged since (snapped to one shot): a hit is placed where it lies now
+    moved.clear()
+    merged = Segment(kept[1].video, 0, 9, kept[1].hits + ordered[2].hits)
+    rerank.place_deferred(FakeMatcher(), deferred, [merged])
+    assert sorted(moved) == ["/v0.mp4", "/v1.mp4"]
 
 
 def scored_regions(scores: dict[int, float], n_frames: int = 100, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

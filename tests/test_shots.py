@@ -58,9 +58,19 @@ def test_segments_snap_to_their_shots_and_merge(cut_video):
     # hits at 3 s and at 4 s (both in the shot 2.33-4.63 s), at 0 s (first shot), at 5 s (last)
     out, notes = shots.snap_to_shots([seg([3.0], 0.9), seg([4.0], 0.5), seg([0.0], 0.7), seg([5.0], 0.6)],
                                      lambda v: shard)
-    assert notes == []
+    # the shot 2.33-4.63 s holds two runs of hits: one segment, and a note on how to get both
+    assert notes == ["segment 1 (%s, 2 s) is one shot whose hits fall in 2 separate moments; --snap samples "
+                     "lists each moment as a segment" % path.name]
     assert [(round(s.start * 24), round(s.end * 24), len(s.hits)) for s in out] == [(56, 111, 2), (0, 56, 1), (111, 144, 1)]
     assert all(s.snap == "shots" for s in out) and out[0].score == 0.9
+    # re-ranked (find matches and verifies segments of samples before they widen to shots): the
+    # order given stays, a merged segment takes the place of its first part and the better match
+    parts = [seg([5.0], 0.6), seg([4.0], 0.5), seg([3.0], 0.9), seg([0.0], 0.7)]
+    for part, match in zip(parts, [0.8, 0.75, 0.3, None]):
+        part.match = match
+    out, _ = shots.snap_to_shots(parts, lambda v: shard)
+    assert [(round(s.start * 24), round(s.end * 24), len(s.hits), s.match) for s in out] == \
+        [(111, 144, 1, 0.8), (56, 111, 2, 0.75), (0, 56, 1, None)]
     # a video indexed without shot detection keeps its segments, and the user is told why
     plain = seg([3.0], 0.9)
     out, notes = shots.snap_to_shots([plain], lambda v: {**shard, "shot_cut": None})

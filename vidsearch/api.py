@@ -344,17 +344,13 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
         result = search(lib, index, w.apply(raw) if w is not None else raw, top=max(top, depth),
                         min_score=min_score, match_depth=depth if verify else 0)
         notes = [m for q in queries for m in q.warnings] + ([result.note] if result.note else [])
-        if snap == "shots" and result.segments:
-            from .shots import snap_to_shots
-
-            result.segments, snap_notes = snap_to_shots(
-                result.segments, lambda v: lib.load_shard(v.id, ("sample_frame", "sample_time", "shot_cut")))
-            notes += snap_notes
         # one set of templates and decoded-video probes for re-ranking and boxes
         matcher = Matcher(engine, queries) if result.segments and (depth or refine) else None
         verdict = None
+        deferred: list = []  # re-ranked hits whose box waits for verification (whole-frame pass)
         if depth and result.segments:
-            deferred: list = []  # re-ranked hits whose box waits for verification (whole-frame pass)
+            # on the segments of sampled frames, before they widen to shots: in a long take the
+            # object comes and goes, and each of its moments is matched and verified on its own
             result.segments, rerank_notes = rerank_segments(engine, queries, result.segments, depth, refine, progress,
                                                             matcher=matcher, deferred=deferred)
             notes += rerank_notes
@@ -362,6 +358,13 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
                 result.segments, verdict, verify_notes = verify_matches(lib, videos, matcher, result.segments, gpu,
                                                                         progress)
                 notes += verify_notes
+        if snap == "shots" and result.segments:
+            from .shots import snap_to_shots
+
+            result.segments, snap_notes = snap_to_shots(
+                result.segments, lambda v: lib.load_shard(v.id, ("sample_frame", "sample_time", "shot_cut")))
+            notes += snap_notes
+        if deferred:
             place_deferred(matcher, deferred, result.segments[:top], progress)
         result.segments = result.segments[:top]
         if refine and result.segments:

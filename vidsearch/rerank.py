@@ -111,11 +111,11 @@ def verify_matches(lib: Library, videos: list, matcher: Matcher, segments: list,
 
 
 def place_deferred(matcher: Matcher, deferred: list, segments: list, progress=None) -> None:
-    """The whole-frame pass of the re-ranked hits rerank_segments deferred, for those whose
-    segment is still among `segments` (verification kept it): each box may move to a better
+    """The whole-frame pass of the re-ranked hits rerank_segments deferred, for those still
+    among the hits of `segments` (verification kept their segment): each box may move to a better
     match elsewhere in its frame, as refine_box would have moved it."""
-    kept = {id(s) for s in segments}
-    todo = [(seg, hit, near) for seg, hit, near in deferred if id(seg) in kept]
+    kept = {id(h) for s in segments for h in s.hits}  # by hit: segments may have merged into shots since
+    todo = [(seg, hit, near) for seg, hit, near in deferred if id(hit) in kept]
     if not todo:
         return
     tick = progress("placing boxes", len(todo)) if progress else None

@@ -126,7 +126,7 @@ def shot_bounds(path: str, sample_time: np.ndarray, cut_positions: np.ndarray, f
 
 def snap_to_shots(segments: list, shards_of) -> tuple[list, list[str]]:
     """Segments widened to whole shots; segments that end up in one shot are merged (hits
-    together, best score first). `shards_of(video)` gives that video's shard arrays with
+    together, the better match, at the place of the first of them in the order given). `shards_of(video)` gives that video's shard arrays with
     `sample_frame`, `sample_time` and `shot_cut` (None where it was indexed without shot
     detection: its segments stay as they are). Returns the segments and notes for the user."""
     from .video import probe
@@ -154,15 +154,28 @@ def snap_to_shots(segments: list, shards_of) -> tuple[list, list[str]]:
         seg.snap = "shots"
         out.append(seg)
     merged: list = []
+    rank = {id(seg): i for i, seg in enumerate(out)}
+    parts = {id(seg): 1 for seg in out}  # runs of sampled hits in each segment
     for seg in sorted(out, key=lambda s: (s.video.path, s.start)):
         prev = merged[-1] if merged else None
         if prev is not None and prev.video.path == seg.video.path and getattr(seg, "snap", "") == "shots" \
                 and getattr(prev, "snap", "") == "shots" and seg.start < prev.end:
             prev.hits = sorted(prev.hits + seg.hits, key=lambda h: h.time)
             prev.end = max(prev.end, seg.end)
+            matches = [m for m in (getattr(prev, "match", None), getattr(seg, "match", None)) if m is not None]
+            prev.match = max(matches) if matches else None
+            rank[id(prev)] = min(rank[id(prev)], rank[id(seg)])
+            parts[id(prev)] += parts[id(seg)]
             continue
         merged.append(seg)
-    merged.sort(key=lambda s: -s.score)
+    merged.sort(key=lambda s: rank[id(s)])  # the order given (by score, or re-ranked by the match)
+    # a long take where the object comes and goes is one segment: say so, and how to get the moments
+    apart = [(i, s) for i, s in enumerate(merged) if parts[id(s)] > 1]
+    if apart:
+        i, s = apart[0]
+        more = f" (and {len(apart) - 1} more segment(s) like it)" if len(apart) > 1 else ""
+        notes.append(f"segment {i + 1} ({Path(s.video.path).name}, {s.end - s.start:.0f} s) is one shot whose hits "
+                     f"fall in {parts[id(s)]} separate moments{more}; --snap samples lists each moment as a segment")
     if plain:
         notes.append(f"{len(plain)} video(s) were indexed without shot detection, so their segments end at "
                      "sampled frames: with 'vidsearch[shots]' installed, vidsearch remove FILE and index it again "
