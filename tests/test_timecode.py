@@ -5,7 +5,7 @@ from fractions import Fraction
 import pytest
 
 from vidsearch.errors import InputError
-from vidsearch.timecode import (drop_frame_for, format_rate, frames_to_tc, parse_rate, parse_time, seconds_to_tc,
+from vidsearch.timecode import (drop_frame_for, format_rate, frames_to_tc, nominal_rate, parse_rate, parse_time, seconds_to_tc,
                                 tc_to_frames)
 
 NTSC30, NTSC24, NTSC60 = Fraction(30000, 1001), Fraction(24000, 1001), Fraction(60000, 1001)
@@ -62,6 +62,12 @@ def test_media_seconds_to_timecode_with_start_timecode_and_vfr():
     assert seconds_to_tc(1.0, NTSC30, start_tc="01:00:00;00") == "01:00:01;00"
     assert seconds_to_tc(1.0, Fraction(2997, 100)) == "00:00:01;00"  # odd rate -> nearest standard
     assert seconds_to_tc(1.0, Fraction(23)) == "00:00:01:00"  # VFR average 23 -> counted at 24
+    # odd rates count at a standard rate of their family, so labels keep to real time
+    assert seconds_to_tc(3600.0, Fraction(23)) == "01:00:00:00"
+    assert seconds_to_tc(21.0, Fraction(10)) == "00:00:21:00"  # a 10 fps camera: at 24, not 23.976
+    assert seconds_to_tc(3600.0, Fraction(25, 2)) == "01:00:00:00"
+    assert nominal_rate(Fraction(15000, 1001)) == Fraction(24000, 1001)  # NTSC 15 -> NTSC 23.976
+    assert nominal_rate(Fraction(29, 1)) == Fraction(30) and nominal_rate(Fraction(59, 1)) == Fraction(60)
 
 
 def test_parse_time():

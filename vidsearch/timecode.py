@@ -55,8 +55,15 @@ def drop_frame_for(rate: Fraction, mode: str = "auto") -> bool:
 
 
 def nominal_rate(rate: Fraction) -> Fraction:
-    """Variable or odd rates count timecode at the nearest standard rate's frames."""
-    return min(_STANDARD, key=lambda s: abs(float(s) - float(rate))) if rate not in _STANDARD else rate
+    """Variable or odd rates count timecode at the nearest standard rate's frames, of their own
+    family: NTSC (x/1001) rates at an NTSC rate, the others at a whole one. A 10 fps camera then
+    counts at 24, whose labels keep to real time (at 23.976 they fall 3.6 s behind an hour)."""
+    if rate in _STANDARD:
+        return rate
+    scaled = float(rate) * 1.001  # a whole number for NTSC rates (15000/1001 -> 15)
+    ntsc = rate.denominator != 1 and abs(scaled - round(scaled)) < 1e-3 * scaled
+    family = [s for s in _STANDARD if (s.denominator == 1001) == ntsc]
+    return min(family, key=lambda s: abs(float(s) - float(rate)))
 
 
 def frames_to_tc(frame: int, rate: Fraction, drop: bool = False) -> str:
