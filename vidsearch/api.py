@@ -364,8 +364,7 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
             result.segments, snap_notes = snap_to_shots(
                 result.segments, lambda v: lib.load_shard(v.id, ("sample_frame", "sample_time", "shot_cut")))
             notes += snap_notes
-        if deferred:
-            place_deferred(matcher, deferred, result.segments[:top], progress)
+        place_deferred(matcher, deferred, result.segments[:top], progress)  # nothing where nothing waits
         result.segments = result.segments[:top]
         if refine and result.segments:
             limit = refine_frames or (200 if gpu else 10)

@@ -126,9 +126,10 @@ def shot_bounds(path: str, sample_time: np.ndarray, cut_positions: np.ndarray, f
 
 def snap_to_shots(segments: list, shards_of) -> tuple[list, list[str]]:
     """Segments widened to whole shots; segments that end up in one shot are merged (hits
-    together, the better match, at the place of the first of them in the order given). `shards_of(video)` gives that video's shard arrays with
-    `sample_frame`, `sample_time` and `shot_cut` (None where it was indexed without shot
-    detection: its segments stay as they are). Returns the segments and notes for the user."""
+    together, the better match, at the place of the first of them in the order given).
+    `shards_of(video)` gives that video's shard arrays with `sample_frame`, `sample_time` and
+    `shot_cut` (None where it was indexed without shot detection: its segments stay as they
+    are). Returns the segments and notes for the user."""
     from .video import probe
     from .errors import VidsearchError
 
