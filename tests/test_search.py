@@ -250,3 +250,39 @@ def test_segments_whose_match_decides_are_taken_at_the_background_cut_the_rest_a
     # an explicit --min-score is one cut for all
     fixed = search(lib, index, q, top=10, min_score=0.1, match_depth=2)
     assert spans(fixed) == [[10, 11, 12], [50, 51], [90, 91, 93], [80, 81]] and fixed.match_threshold is None
+
+
+def test_where_the_best_match_does_not_stand_out_the_note_names_the_score_to_try_and_its_frames(tmp_path):
+    """One scene around the object: the regions score 0.3-0.6 against the query (median about
+    0.45), the object's region 0.66 in frames 10-14, so median + 3 sigma lies above every match.
+    The frames at the best alone are returned, and the note gives the --min-score that shows the frames
+    whose best region scores at least 60 % of the best (0.39), with how many there are."""
+    from vidsearch.config import Preset
+    from vidsearch.library import Library
+    from vidsearch.search import search
+
+    rng = np.random.default_rng(4)
+    dim, n = 64, 20 * 100
+    cos = rng.uniform(0.3, 0.6, n)
+    cos[20 * np.arange(50, 100)] = 0.2  # the second half of the video is another scene
+    cos[20 * np.arange(50, 100)[:, None] + np.arange(1, 20)] = rng.uniform(0.0, 0.35, (50, 19))
+    cos[20 * np.arange(10, 15) + 3] = 0.66
+    rest = rng.normal(size=(n, dim - 1))
+    rest *= (np.sqrt(1 - cos**2) / np.linalg.norm(rest, axis=1))[:, None]
+    q = np.zeros(dim, np.float32)
+    q[0] = 1
+    lib = Library.open(tmp_path / "lib", create=True)
+    with lib.writer():
+        lib.adopt_preset(Preset(name="flat", whiten=False))
+        commit_regions(lib, "one-scene", np.concatenate([cos[:, None], rest], axis=1))
+        index, _ = lib.load_index(save=True)
+    result = search(lib, index, q, top=10)
+    assert [[h.frame // 24 for h in s.hits] for s in result.segments] == [[10, 11, 12, 13, 14]]  # all at the best
+    best_per_frame = cos.reshape(100, 20).max(1)
+    frames = int((best_per_frame >= 0.39).sum())
+    assert 50 <= frames < 100  # the first scene's frames, and those of the second that reach 0.39
+    assert "--min-score 0.39 --no-verify shows the" in result.note
+    assert f"the {frames} frame(s) whose best region scores at least 60% of the best" in result.note
+    # what it suggests gives those frames
+    shown = search(lib, index, q, top=100, min_score=0.39)
+    assert sum(len(s.hits) for s in shown.segments) == frames

@@ -189,6 +189,7 @@ def test_a_uniform_library_still_shows_its_best_match_and_says_why():
     index.add_with_ids(v, region_ids(1, len(v)))
     threshold, note = auto_threshold(index, q[None])
     assert threshold == pytest.approx(cos[17], abs=1e-5) and "does not stand out" in note
+    assert "--min-score 0.36 --no-verify shows everything scoring at least 60% of the best" in note  # 0.6 x 0.601
     _, ids = retrieve(index, q[None], threshold)
     assert (ids & 0xFFFFFFFF).tolist() == [17]
     # a library where the match stands out: the usual rule, no note

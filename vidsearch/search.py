@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -119,6 +121,17 @@ def robust_stats(values) -> tuple[float, float]:
     return med, max(float(np.median(np.abs(s - med))) * 1.4826, 1e-3)
 
 
+RELATIVE = 0.6  # the automatic rule's share of the best match (auto_thresholds)
+
+
+class Unclear(NamedTuple):
+    """Where the best match does not stand out: it, the background, and the score to suggest."""
+    best: float
+    med: float
+    sigma: float
+    suggest: float
+
+
 def auto_threshold(index, q: np.ndarray, background: np.ndarray | None = None) -> tuple[float, str | None]:
     """A frame counts when its best region beats the background by 3 robust sigmas and is within
     60 % of the best match in the library; 6 sigmas always count. Measured on generated videos:
@@ -127,24 +140,38 @@ def auto_threshold(index, q: np.ndarray, background: np.ndarray | None = None) -
     The background is the library's own regions, so in a small library filled with one scene
     (the object in every frame) it is the object's own surroundings and can sit above every
     match. The best match is then still returned, with a note saying why it may be alone."""
-    rule, _, note = auto_thresholds(index, q, background)
+    rule, _, note, _ = auto_thresholds(index, q, background)
     return rule, note
 
 
-def auto_thresholds(index, q: np.ndarray, background: np.ndarray | None = None) -> tuple[float, float, str | None]:
+def auto_thresholds(index, q: np.ndarray, background: np.ndarray | None = None
+                    ) -> tuple[float, float, str | None, Unclear | None]:
     """The automatic threshold (auto_threshold), the background's cut alone (3 robust sigmas,
     without the 60 %-of-best cut: for segments whose match with the query decides, verify.py),
-    and the note. On generated 1080p clips of 40-100 px props the 60 %-of-best cut drops a third
-    of the frames that show the object (bench/RESULTS.md): a small object's region score is
-    mostly background, so it is the best match's score that varies, not the object's."""
+    the note, and where the best match does not stand out, the score to suggest instead (the
+    60 %-of-best cut alone). On generated 1080p clips of 40-100 px props the 60 %-of-best cut
+    drops a third of the frames that show the object (bench/RESULTS.md): a small object's region
+    score is mostly background, so it is the best match's score that varies, not the object's."""
     med, sigma = background_stats(index, q, background)
     best = float(index.search(as_views(q), 1)[0][:, 0].max())
-    rule = max(med + 3 * sigma, min(med + 6 * sigma, 0.6 * best))
+    rule = max(med + 3 * sigma, min(med + 6 * sigma, RELATIVE * best))
     if rule <= best:
-        return rule, med + 3 * sigma, None  # the rule is never below it
-    return best, best, (f"the best match ({best:.2f}) does not stand out from the library's other regions "
-                        f"(median {med:.2f}, sigma {sigma:.2f}): only the best frame is shown; "
-                        f"--min-score S --no-verify shows everything above S")
+        return rule, med + 3 * sigma, None, None  # the rule is never below it
+    unclear = Unclear(best, med, sigma, math.floor(100 * RELATIVE * best) / 100)
+    return best, best, unclear_note(unclear), unclear
+
+
+def unclear_note(u: Unclear, frames: int | None = None, videos: int = 1) -> str:
+    """What the user is told where the best match does not stand out: why only it is shown, and
+    the --min-score that shows the frames within the automatic rule's share of it (with their
+    count, where known). In a library of one scene around the object (one clip about it) that
+    is what they want; in a library without it, those frames are its least bad places."""
+    which = "everything scoring" if frames is None else \
+        f"the {frames} frame(s){'' if videos == 1 else f' in {videos} videos'} whose best region scores"
+    what = f"{which} at least {RELATIVE:.0%} of the best"
+    return (f"the best match ({u.best:.2f}) does not stand out from the library's other regions (median {u.med:.2f}, "
+            f"sigma {u.sigma:.2f}): only the best frame is shown. Where the library is mostly footage of this "
+            f"object (one scene), --min-score {u.suggest:.2f} --no-verify shows {what}; look before trusting them")
 
 
 def retrieve(index, q: np.ndarray, min_score: float, max_regions: int = 200_000, max_k: int | None = None,
@@ -248,6 +275,19 @@ class SearchResult:
     match_threshold: float | None = None  # the region score the first segments' hits needed, their match to decide
 
 
+def _unclear_with_count(lib: Library, index, q: np.ndarray, u: Unclear, exact) -> str | None:
+    """unclear_note with the number of frames --min-score `u.suggest` would give."""
+    _, ids = retrieve(index, q, u.suggest, exact=exact)
+    if not len(ids):
+        return None
+    frames = 0
+    vids = np.unique(ids >> 32)
+    for vid in vids:
+        rows = ids[(ids >> 32) == vid] & 0xFFFFFFFF
+        frames += len(np.unique(lib.load_shard(int(vid), ("frame",))["frame"][rows]))
+    return unclear_note(u, frames, len(vids))
+
+
 def search(lib: Library, index, q: np.ndarray, top: int = 20, min_score: float | None = None,
            bridge: int = 1, match_depth: int = 0) -> SearchResult:
     """The segments whose hits score at least `min_score` (default: the automatic threshold),
@@ -263,7 +303,9 @@ def search(lib: Library, index, q: np.ndarray, top: int = 20, min_score: float |
         preset = lib.preset()
         faiss.extract_index_ivf(index).nprobe = preset.nprobe if preset else 32
     if min_score is None:
-        threshold, loose, note = auto_thresholds(index, q, lib.background())
+        threshold, loose, note, unclear = auto_thresholds(index, q, lib.background())
+        if unclear is not None:
+            note = _unclear_with_count(lib, index, q, unclear, exact) or note
     else:
         threshold, loose, note = min_score, min_score, None
     loose = loose if match_depth else threshold
