@@ -7,7 +7,9 @@ defaults for the device):
 - `--compare looks`: re-ranking with one look per segment (its best hit) and with RERANK_LOOKS;
 - `--compare deferred`: the re-ranked hits' whole-frame pass run at re-ranking, on every
   re-ranked segment, against deferred to the segments verification keeps (the same results:
-  the run says whether they were).
+  the run says whether they were);
+- `--compare colour`: boxes placed by the backbone's cells alone (refine.COLOUR = 0) and with
+  their chroma (results differ: only boxes should).
 
     python bench/refine_cost.py /tmp/find_small/lib-default /tmp/find_small/cup_64px_s1-query.png ... --device cpu
 
@@ -37,7 +39,7 @@ def main() -> None:
     ap.add_argument("queries", nargs="+", help="query images (crops)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--compare", choices=("anywhere", "output", "looks", "deferred"), default="anywhere")
+    ap.add_argument("--compare", choices=("anywhere", "output", "looks", "deferred", "colour"), default="anywhere")
     args = ap.parse_args()
 
     def run() -> tuple[float, list]:
@@ -50,6 +52,7 @@ def main() -> None:
         return time.perf_counter() - start, shown
 
     cap, output, looks, rerank = refine.ANYWHERE_PIXELS, Graph.output, refine.RERANK_LOOKS, api.rerank_segments
+    colour = refine.COLOUR
 
     def at_once(*args, deferred=None, **kwargs):  # find as before: every re-ranked hit's whole-frame pass at once
         return rerank(*args, **kwargs)
@@ -60,6 +63,9 @@ def main() -> None:
     elif args.compare == "looks":
         names = ("one look a segment", f"{looks} looks")
         settings = (lambda: setattr(refine, "RERANK_LOOKS", 1), lambda: setattr(refine, "RERANK_LOOKS", looks))
+    elif args.compare == "colour":
+        names = ("cells alone", f"with chroma (COLOUR {colour})")
+        settings = (lambda: setattr(refine, "COLOUR", 0.0), lambda: setattr(refine, "COLOUR", colour))
     elif args.compare == "anywhere":
         names = ("near the region only", "with the whole-frame pass")
         settings = (lambda: setattr(refine, "ANYWHERE_PIXELS", 0), lambda: setattr(refine, "ANYWHERE_PIXELS", cap))
@@ -74,9 +80,14 @@ def main() -> None:
             t, out = run()
             times.append(t)
             shown.append(out)
-        same = "the same segments, hits and boxes" if shown[0] == shown[1] else "results differ"
+        same = "the same segments, hits and boxes" if shown[0] == shown[1] else (
+            "the same segments and hits, other boxes" if _unboxed(shown[0]) == _unboxed(shown[1]) else "results differ")
         print(f"{len(args.queries)} finds: {names[0]} {times[0]:.1f} s, {names[1]} {times[1]:.1f} s "
               f"({times[1] / times[0]:.2f}x); {same}", flush=True)
+
+
+def _unboxed(shown: list) -> list:
+    return [[(path, start, match, [frame for frame, _ in hits]) for path, start, match, hits in q] for q in shown]
 
 
 if __name__ == "__main__":

@@ -81,6 +81,29 @@ def test_a_box_leaves_a_region_held_by_a_lookalike_for_the_object_elsewhere(engi
     assert later == out and later.template == 0
 
 
+def test_colour_tells_the_object_from_a_copy_in_other_colours(engine, monkeypatch):
+    """Two copies of the object, one with its colours turned (red and blue swapped): the hit
+    region lies on that one, and the box moves to the copy in the query's colours."""
+    layer = refine_layer(engine)
+    query, qbox = scene_with("motorcycle", 120, (100, 100), seed=1)
+    frame = collage(["grass", "brick", "camera", "moon"], (640, 360), seed=2).copy()
+    img, alpha = object_image("motorcycle")
+    s = 100 / max(img.shape[:2])
+    w, h = int(round(img.shape[1] * s)), int(round(img.shape[0] * s))
+    img = np.asarray(Image.fromarray(img).resize((w, h)))
+    alpha = np.asarray(Image.fromarray(alpha).resize((w, h)))
+    paste(frame, img[:, :, ::-1].copy(), alpha, 60, 40)  # the copy in other colours
+    paste(frame, img, alpha, 460, 220)
+    truth, region = (460, 220, 460 + w, 220 + h), (40.0, 25.0, 80.0 + w, 55.0 + h)
+    template = make_template(engine, layer, query, qbox)
+    out = refine_box(engine, layer, frame, [template], region)
+    assert out.moved and iou(out.box, truth) > 0.6, (out, truth)
+    # the backbone's cells alone see two of the same object: the box stays on the region's
+    monkeypatch.setattr(refine, "COLOUR", 0.0)
+    grey = refine_box(engine, layer, frame, [make_template(engine, layer, query, qbox)], region)
+    assert iou(grey.box, truth) < 0.1, grey
+
+
 @pytest.mark.parametrize("w,h,scale,keep", [(1920, 1080, 2.4, 150.0), (3840, 2160, 1.0, 40.0), (640, 360, 1.2, 147.0),
                                             (300, 200, 3.0, 20.0)])
 def test_pieces_cover_the_frame_and_hold_every_placement(monkeypatch, w, h, scale, keep):
@@ -123,5 +146,35 @@ def test_a_box_cut_by_the_frame_keeps_the_objects_whole_size():
     t = Template(torch.ones(1, 4, 2, 2) / 4, (40.0, 20.0), 0.5, (0.0, 0.0))  # 0.5 network px per query px
     ncc = torch.zeros(5, 5)
     ncc[0, 0] = 1.0
-    found = _best(ncc, t, (-10.0, -10.0), 0.5, 0.5, 16.0, (100, 200), 1.0)  # the object 10 px past the top left
+    found = _best((ncc, ncc), t, (-10.0, -10.0), 0.5, 0.5, 16.0, (100, 200), 1.0)  # the object 10 px past the top left
     assert found.box == (0.0, 0.0, 30.0, 10.0) and found.side == 40.0 and found.score == 1.0
+
+
+def test_chroma_is_cielab_a_b_per_cell():
+    import torch
+
+    image = np.zeros((4, 8, 3), dtype=np.uint8)
+    image[:, :4] = 128  # grey: no chroma
+    image[:, 4:] = (255, 0, 0)  # sRGB red: a* 80.1, b* 67.2
+    chroma = refine._chroma(image, (1, 2), torch.device("cpu"))
+    assert chroma.shape == (1, 2, 1, 2)
+    assert torch.allclose(chroma[0, :, 0, 0], torch.zeros(2), atol=1e-3)
+    assert torch.allclose(chroma[0, :, 0, 1], torch.tensor([0.801, 0.672]), atol=2e-3)
+
+
+def test_colour_picks_the_place_and_leaves_the_score_to_the_cells():
+    import torch
+
+    f = torch.ones(1, 4, 1, 3)  # three places the cells cannot tell apart
+    red, blue = torch.tensor([0.8, 0.67]), torch.tensor([0.8, -1.08])
+    chroma = torch.stack([blue, blue, red], -1)[None, :, None, :]  # (1, 2, 1, 3)
+    weight = 2.0  # COLOUR times the template's mean cell norm
+    cells = torch.ones(1, 4, 1, 1) / 2  # unit norm
+    t = Template(cells, (10.0, 10.0), 1.0, (0.0, 0.0), weight * red.view(1, 2, 1, 1) / 2, weight)
+    alone, fit = refine._ncc(f, chroma, t)
+    assert torch.allclose(alone, torch.ones(1, 3))  # the score: the cells' correlation, colour aside
+    assert int(fit.argmax()) == 2 and abs(float(fit[0, 2]) - 1) < 1e-6 and float(fit[0, 0]) < 0.9
+    found = _best((alone, fit), t, (0.0, 0.0), 1.0, 1.0, 16.0, (100, 100), 1.0)
+    assert found.score == pytest.approx(1.0) and found.box[0] == pytest.approx(32.0)
+    grey = Template(cells, (10.0, 10.0), 1.0, (0.0, 0.0), None, 0.0)  # COLOUR 0
+    assert all(torch.equal(m, alone) for m in refine._ncc(f, chroma, grey))

@@ -11,9 +11,10 @@ the query is known, so on each frame that will be shown the box is looked for ag
   twice the region's size), and the template is slid over each: the normalised correlation
   of template and window (the cosine of their cells, stacked) peaks where the object is, at the
   zoom that gives it the template's size;
-- the box is the query's box, moved there and scaled by that zoom;
-- then the whole frame is searched at that size: where the template matches better elsewhere,
-  the box moves there. The region that made the frame a hit can lie on a lookalike (another
+- the box is the query's box, moved there and scaled by that zoom; where it goes at that zoom is
+  chosen with the cells' colour too (COLOUR), which the cells alone barely see;
+- then the whole frame is searched at that size: where the template (colour included) matches
+  better elsewhere, the box moves there. The region that made the frame a hit can lie on a lookalike (another
   walker, another player) while the object is elsewhere in the frame; the size is taken near
   the region because at other sizes background texture can correlate as well as the object.
 
@@ -60,16 +61,25 @@ RERANK_DEPTH = 20
 # another frame's hit finds. Measured (bench/RESULTS.md): 2 looks keep more right segments on
 # generated 1080p props and drop wrong ones on instance-dev; a third added nothing.
 RERANK_LOOKS = 2
+# Colour in the box's place: the backbone's cells barely tell a red ball from a blue one, or one
+# walker from another in a different jacket. Where the box goes, at the size and by the score the
+# cells alone give, is chosen with each cell's mean chroma too (CIELAB a*, b*; 0 for grey, so grey
+# adds nothing), scaled so that a cell of chroma 100 (a saturated colour) weighs COLOUR times the
+# template's mean feature cell. The score, which ranks and verifies, and the size stay the cells':
+# colour added to the score lowered the background it is judged against and let grey lookalikes
+# through (bench/RESULTS.md). 0: colour not used.
+COLOUR = 1.0
 
 
 @dataclass
 class Refined:
     box: tuple[float, float, float, float]  # x1, y1, x2, y2 in frame pixels
-    score: float  # the template's normalised correlation at the chosen place
+    score: float  # the template's best normalised correlation on the backbone's cells (ranks the hit)
     zoom: float  # object size / region size found
     moved: bool = False  # the box left the hit region for a better match elsewhere in the frame
     side: float = 0.0  # the object's long side in frame pixels as matched, before the box is cut to the frame
     template: int = -1  # which of the query's templates matched (-1: none fitted)
+    fit: float = -1.0  # the correlation with colour (COLOUR) at the box's place, which chose the place
 
 
 @dataclass
@@ -78,6 +88,8 @@ class Template:
     size: tuple[float, float]  # the query box's width, height in query pixels
     scale: float  # network pixels per query pixel it was cut at
     offset: tuple[float, float]  # where the box starts, in cells from the template's first cell (x, y)
+    chroma: torch.Tensor | None = None  # (1, 2, th, tw): the cells' chroma, in `cells`' units at `colour`
+    colour: float = 0.0  # a window's chroma is weighed by this against its feature cells
 
 
 def refine_layer(engine) -> int:
@@ -103,8 +115,9 @@ def _stride(engine, layer: int) -> float:
 
 
 def _features(engine, layer: int, image: np.ndarray, window, scale: float):
-    """The window of the image seen at `scale` network pixels per image pixel: its feature map
-    and the network pixels per image pixel actually used (x, y)."""
+    """The window of the image seen at `scale` network pixels per image pixel: its feature map,
+    its chroma on the same cells (_chroma) and the network pixels per image pixel actually used
+    (x, y)."""
     x1, y1, x2, y2 = (int(round(v)) for v in window)
     x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
     crop = np.ascontiguousarray(image[y1:y2, x1:x2])
@@ -112,7 +125,22 @@ def _features(engine, layer: int, image: np.ndarray, window, scale: float):
     x, _ = engine.prepare(crop[None], long_side)
     with torch.no_grad():
         f = engine.graph.output(x, layer).float()
-    return f, x.shape[-1] / crop.shape[1], x.shape[-2] / crop.shape[0]
+    return f, _chroma(crop, f.shape[-2:], f.device), x.shape[-1] / crop.shape[1], x.shape[-2] / crop.shape[0]
+
+
+def _chroma(image: np.ndarray, shape, device) -> torch.Tensor:
+    """The image's mean CIELAB a*, b* over each of `shape`'s cells, divided by 100: (1, 2, h, w)."""
+    rgb = torch.tensor(image, device=device).permute(2, 0, 1)[None].float() / 255  # a copy: frames can be read-only
+    rgb = F.adaptive_avg_pool2d(rgb, tuple(shape)) if rgb.shape[-2] >= shape[0] and rgb.shape[-1] >= shape[1] \
+        else F.interpolate(rgb, size=tuple(shape), mode="bilinear", align_corners=False)
+    lin = torch.where(rgb > 0.04045, ((rgb + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    m = torch.tensor([[0.4124 / 0.9505, 0.3576 / 0.9505, 0.1805 / 0.9505],
+                      [0.2126, 0.7152, 0.0722],
+                      [0.0193 / 1.089, 0.1192 / 1.089, 0.9505 / 1.089]], device=device)
+    xyz = torch.einsum("ij,bjhw->bihw", m, lin).clamp(min=0)
+    d = 6 / 29
+    g = torch.where(xyz > d ** 3, xyz.pow(1 / 3), xyz / (3 * d * d) + 4 / 29)
+    return torch.stack((5.0 * (g[:, 0] - g[:, 1]), 2.0 * (g[:, 1] - g[:, 2])), 1)  # (500, 200) / 100
 
 
 def make_template(engine, layer: int, image: np.ndarray, box=None) -> Template:
@@ -125,7 +153,7 @@ def make_template(engine, layer: int, image: np.ndarray, box=None) -> Template:
     scale = TEMPLATE_CELLS * stride / max(bw, bh, 1.0)
     pad = 0.5 * max(bw, bh)  # a little of its surroundings, as the cells at its edge see them
     window = (max(0.0, box[0] - pad), max(0.0, box[1] - pad), min(float(w), box[2] + pad), min(float(h), box[3] + pad))
-    f, sx, sy = _features(engine, layer, image, window, scale)
+    f, chroma, sx, sy = _features(engine, layer, image, window, scale)
     cells = []
     for lo, hi, origin, s, n in ((box[1], box[3], window[1], sy, f.shape[-2]), (box[0], box[2], window[0], sx, f.shape[-1])):
         start = (lo - origin) * s / stride
@@ -134,7 +162,9 @@ def make_template(engine, layer: int, image: np.ndarray, box=None) -> Template:
         cells.append((a, b, start - a))
     (a, b, oy), (c, d, ox) = cells
     t = f[:, :, a:b, c:d]
-    return Template(t / t.norm().clamp(min=1e-12), (bw, bh), (sx + sy) / 2, (ox, oy))
+    weight = COLOUR * float(t.norm(dim=1).mean())
+    norm = t.norm().clamp(min=1e-12)
+    return Template(t / norm, (bw, bh), (sx + sy) / 2, (ox, oy), weight * chroma[:, :, a:b, c:d] / norm, weight)
 
 
 def _subcell(ncc: torch.Tensor, r: int, c: int) -> tuple[float, float]:
@@ -149,25 +179,35 @@ def _subcell(ncc: torch.Tensor, r: int, c: int) -> tuple[float, float]:
     return r + dy, c + dx
 
 
-def _ncc(f: torch.Tensor, t: Template) -> torch.Tensor:
-    """The template's normalised correlation at every place of a feature map (rows, cols)."""
+def _ncc(f: torch.Tensor, chroma: torch.Tensor, t: Template) -> tuple[torch.Tensor, torch.Tensor]:
+    """The template's normalised correlation at every place of a feature map (rows, cols), on
+    the feature cells alone and with their chroma appended (the same where COLOUR is 0)."""
     th, tw = t.cells.shape[-2:]
+    ones = torch.ones(1, 1, th, tw, device=f.device)
     num = F.conv2d(f, t.cells)[0, 0]
-    den = F.conv2d(f.pow(2).sum(1, keepdim=True), torch.ones(1, 1, th, tw, device=f.device))[0, 0]
-    return num / den.sqrt().clamp(min=1e-12)
+    den = F.conv2d(f.pow(2).sum(1, keepdim=True), ones)[0, 0]
+    cells = num / den.sqrt().clamp(min=1e-12)
+    if t.chroma is None or t.colour <= 0:
+        return cells, cells
+    num = num + t.colour * F.conv2d(chroma, t.chroma)[0, 0]
+    den = den + t.colour ** 2 * F.conv2d(chroma.pow(2).sum(1, keepdim=True), ones)[0, 0]
+    return cells, num / (den * (1 + t.chroma.pow(2).sum())).sqrt().clamp(min=1e-12)
 
 
-def _best(ncc: torch.Tensor, t: Template, win, sx: float, sy: float, stride: float, shape, zoom: float) -> Refined:
-    """The box at the correlation's peak: the query's box, its top-left cell there, scaled."""
+def _best(ncc: tuple[torch.Tensor, torch.Tensor], t: Template, win, sx: float, sy: float, stride: float, shape,
+          zoom: float) -> Refined:
+    """The box at the peak of the correlation with colour: the query's box, its top-left cell
+    there, scaled; its score the best correlation of the cells alone (the pair _ncc gives)."""
     h, w = shape[:2]
+    cells, ncc = ncc
     r, c = divmod(int(torch.argmax(ncc)), ncc.shape[1])
-    score = float(ncc[r, c])
+    fit = float(ncc[r, c])
     r, c = _subcell(ncc, r, c)
     k = t.scale / ((sx + sy) / 2)  # frame pixels per query pixel
     bx = win[0] + (c + t.offset[0]) * stride / sx
     by = win[1] + (r + t.offset[1]) * stride / sy
     box = (max(0.0, bx), max(0.0, by), min(float(w), bx + t.size[0] * k), min(float(h), by + t.size[1] * k))
-    return Refined(box, score, zoom, side=max(t.size) * k)
+    return Refined(box, float(cells.max()), zoom, side=max(t.size) * k, fit=fit)
 
 
 def _match(engine, layer: int, frame: np.ndarray, t: Template, box0, zoom: float, stride: float) -> Refined | None:
@@ -180,21 +220,22 @@ def _match(engine, layer: int, frame: np.ndarray, t: Template, box0, zoom: float
     scale = TEMPLATE_CELLS * stride / (zoom * size0)  # the object at the template's size
     half = min((0.5 + CONTEXT) * size0, MAX_SIDE / scale / 2)
     win = (max(0.0, cx - half), max(0.0, cy - half), min(float(w), cx + half), min(float(h), cy + half))
-    f, sx, sy = _features(engine, layer, frame, win, scale)
+    f, chroma, sx, sy = _features(engine, layer, frame, win, scale)
     if f.shape[-2] < th or f.shape[-1] < tw:
         return None
-    ncc = _ncc(f, t)
+    ncc = _ncc(f, chroma, t)
     # Only places whose box overlaps the hit region: the region is why the frame is a hit, and
     # away from it, at a zoom it does not vouch for, background texture on real footage can
     # correlate as well as the object. (refine_box then looks over the whole frame, but only at
     # the size found here.)
     k = t.scale / ((sx + sy) / 2)  # frame pixels per query pixel
-    cols = (win[0] + (torch.arange(ncc.shape[1], device=ncc.device) + t.offset[0]) * stride / sx)
-    rows = (win[1] + (torch.arange(ncc.shape[0], device=ncc.device) + t.offset[1]) * stride / sy)
+    rows, cols = ncc[0].shape
+    cols = (win[0] + (torch.arange(cols, device=f.device) + t.offset[0]) * stride / sx)
+    rows = (win[1] + (torch.arange(rows, device=f.device) + t.offset[1]) * stride / sy)
     ok = ((rows < y2) & (rows + t.size[1] * k > y1))[:, None] & ((cols < x2) & (cols + t.size[0] * k > x1))[None, :]
     if not bool(ok.any()):
         return None
-    return _best(ncc.masked_fill(~ok, -2.0), t, win, sx, sy, stride, frame.shape, zoom)
+    return _best(tuple(m.masked_fill(~ok, -2.0) for m in ncc), t, win, sx, sy, stride, frame.shape, zoom)
 
 
 def _pieces(w: int, h: int, scale: float, keep: float) -> list[tuple[int, int, int, int]]:
@@ -227,13 +268,13 @@ def _match_anywhere(engine, layer: int, frame: np.ndarray, t: Template, found: R
     keep = (max(th, tw) + 2 * margin + 1) * stride / scale  # every placement lies whole, off the edge, in one piece
     best = None
     for win in _pieces(w, h, scale, keep):
-        f, sx, sy = _features(engine, layer, frame, win, scale)
+        f, chroma, sx, sy = _features(engine, layer, frame, win, scale)
         if f.shape[-2] < th or f.shape[-1] < tw:
             continue
-        ncc = _ncc(f, t)
+        ncc = _ncc(f, chroma, t)
         # places within `margin` cells of a piece's inner edge are the neighbouring piece's
-        ok = torch.ones_like(ncc, dtype=torch.bool)
-        rows, cols = ncc.shape
+        ok = torch.ones_like(ncc[0], dtype=torch.bool)
+        rows, cols = ok.shape
         if win[1] > 0:
             ok[:margin] = False
         if win[3] < h:
@@ -244,8 +285,8 @@ def _match_anywhere(engine, layer: int, frame: np.ndarray, t: Template, found: R
             ok[:, max(0, cols - margin):] = False
         if not bool(ok.any()):
             continue
-        here = _best(ncc.masked_fill(~ok, -2.0), t, win, sx, sy, stride, frame.shape, found.zoom)
-        if best is None or here.score > best.score:
+        here = _best(tuple(m.masked_fill(~ok, -2.0) for m in ncc), t, win, sx, sy, stride, frame.shape, found.zoom)
+        if best is None or here.fit > best.fit:
             best = here
     return best
 
@@ -254,9 +295,10 @@ def refine_box(engine, layer: int, frame: np.ndarray, templates: list[Template],
                anywhere: bool = True) -> Refined:
     """The query-guided box on one frame (full resolution, upright), near the hit region's
     `box0`: the best normalised correlation of any template at any zoom (ZOOMS, then half
-    steps around the best). Its score is that match's, which ranks and verifies the hit. With
-    `anywhere`, the box moves where that template, at that size, matches better elsewhere in
-    the frame: a lookalike can hold the region (another walker, another player; measured in
+    steps around the best). Its score is that match's, which ranks and verifies the hit; the
+    box's place at that zoom is where the template fits best with colour (COLOUR). With
+    `anywhere`, the box moves where that template, at that size, fits better elsewhere in the
+    frame: a lookalike can hold the region (another walker, another player; measured in
     bench/RESULTS.md, "Boxes leave a region held by a lookalike")."""
     near = refine_near(engine, layer, frame, templates, box0)
     return move_anywhere(engine, layer, frame, templates, near) if anywhere else near
@@ -283,10 +325,12 @@ def refine_near(engine, layer: int, frame: np.ndarray, templates: list[Template]
 
 def move_anywhere(engine, layer: int, frame: np.ndarray, templates: list[Template], near: Refined) -> Refined:
     """The whole-frame pass of refine_box: `near` (refine_near's, on this frame) moved where its
-    template, at its size, matches better elsewhere in the frame; its score stays near's."""
+    template, at its size, fits better (colour included) elsewhere in the frame; its score stays
+    near's."""
     if near.template < 0:
         return near
     other = _match_anywhere(engine, layer, frame, templates[near.template], near, _stride(engine, layer))
-    if other is not None and other.score > near.score:
-        return Refined(other.box, near.score, near.zoom, moved=True, side=other.side, template=near.template)
+    if other is not None and other.fit > near.fit:
+        return Refined(other.box, near.score, near.zoom, moved=True, side=other.side, template=near.template,
+                       fit=other.fit)
     return near
