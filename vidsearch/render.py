@@ -41,10 +41,11 @@ def draw_thumbnail(image: np.ndarray, box, width: int) -> Image.Image:
     s = min(1.0, width / img.size[0])
     if s < 1.0:
         img = img.resize((max(1, round(img.size[0] * s)), max(1, round(img.size[1] * s))), Image.BILINEAR)
-    x1, y1, x2, y2 = [float(v) * s for v in box]
+    x1, y1, x2, y2 = [round(float(v) * s) for v in box]
     line = max(3, round(img.size[0] / 250))
-    ImageDraw.Draw(img).rectangle([x1 - line / 2, y1 - line / 2, x2 + line / 2, y2 + line / 2], outline=BOX_COLOUR,
-                                  width=line)
+    # whole pixels, so the line's middle lies on the box's edge (Pillow truncates a fraction)
+    h = line // 2
+    ImageDraw.Draw(img).rectangle([x1 - h, y1 - h, x2 + h, y2 + h], outline=BOX_COLOUR, width=line)
     return img
 
 
