@@ -277,15 +277,11 @@ class SearchResult:
 
 def _unclear_with_count(lib: Library, index, q: np.ndarray, u: Unclear, exact) -> str | None:
     """unclear_note with the number of frames --min-score `u.suggest` would give."""
-    _, ids = retrieve(index, q, u.suggest, exact=exact)
+    scores, ids = retrieve(index, q, u.suggest, exact=exact)
     if not len(ids):
         return None
-    frames = 0
-    vids = np.unique(ids >> 32)
-    for vid in vids:
-        rows = ids[(ids >> 32) == vid] & 0xFFFFFFFF
-        frames += len(np.unique(lib.load_shard(int(vid), ("frame",))["frame"][rows]))
-    return unclear_note(u, frames, len(vids))
+    hits = frame_hits({int(v): lib.load_shard(int(v), SEARCH_FIELDS) for v in np.unique(ids >> 32)}, scores, ids)
+    return unclear_note(u, sum(len(per) for per in hits.values()), len(hits))
 
 
 def search(lib: Library, index, q: np.ndarray, top: int = 20, min_score: float | None = None,
