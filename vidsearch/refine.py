@@ -14,9 +14,10 @@ the query is known, so on each frame that will be shown the box is looked for ag
 - the box is the query's box, moved there and scaled by that zoom; where it goes at that zoom is
   chosen with the cells' colour too (COLOUR), which the cells alone barely see;
 - then the whole frame is searched at that size: where the template (colour included) matches
-  better elsewhere, the box moves there. The region that made the frame a hit can lie on a lookalike (another
-  walker, another player) while the object is elsewhere in the frame; the size is taken near
-  the region because at other sizes background texture can correlate as well as the object.
+  better elsewhere, the box moves there. The region that made the frame a hit can lie on a
+  lookalike (another walker, another player) while the object is elsewhere in the frame; the
+  size is taken near the region because at other sizes background texture can correlate as well
+  as the object.
 
 This is training-free template matching on the backbone's own features (the idea of Siamese
 trackers, without their training). Measured choices and numbers: bench/RESULTS.md.
@@ -229,9 +230,9 @@ def _match(engine, layer: int, frame: np.ndarray, t: Template, box0, zoom: float
     # correlate as well as the object. (refine_box then looks over the whole frame, but only at
     # the size found here.)
     k = t.scale / ((sx + sy) / 2)  # frame pixels per query pixel
-    rows, cols = ncc[0].shape
-    cols = (win[0] + (torch.arange(cols, device=f.device) + t.offset[0]) * stride / sx)
-    rows = (win[1] + (torch.arange(rows, device=f.device) + t.offset[1]) * stride / sy)
+    n_rows, n_cols = ncc[0].shape
+    cols = (win[0] + (torch.arange(n_cols, device=f.device) + t.offset[0]) * stride / sx)
+    rows = (win[1] + (torch.arange(n_rows, device=f.device) + t.offset[1]) * stride / sy)
     ok = ((rows < y2) & (rows + t.size[1] * k > y1))[:, None] & ((cols < x2) & (cols + t.size[0] * k > x1))[None, :]
     if not bool(ok.any()):
         return None
