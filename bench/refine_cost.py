@@ -9,7 +9,9 @@ defaults for the device):
   re-ranked segment, against deferred to the segments verification keeps (the same results:
   the run says whether they were);
 - `--compare colour`: boxes placed by the backbone's cells alone (refine.COLOUR = 0) and with
-  their chroma (results differ: only boxes should).
+  their chroma (results differ: only boxes should);
+- `--compare follow`: verified segments not followed (follow.py off) and followed with the
+  device's default budget (results differ: more hits; the run counts them).
 
     python bench/refine_cost.py /tmp/find_small/lib-default /tmp/find_small/cup_64px_s1-query.png ... --device cpu
 
@@ -25,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vidsearch import api, refine  # noqa: E402
+from vidsearch import api, follow, refine  # noqa: E402
 from vidsearch.dasr.graph import Graph  # noqa: E402
 
 
@@ -39,7 +41,7 @@ def main() -> None:
     ap.add_argument("queries", nargs="+", help="query images (crops)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--compare", choices=("anywhere", "output", "looks", "deferred", "colour"), default="anywhere")
+    ap.add_argument("--compare", choices=("anywhere", "output", "looks", "deferred", "colour", "follow"), default="anywhere")
     args = ap.parse_args()
 
     def run() -> tuple[float, list]:
@@ -63,6 +65,11 @@ def main() -> None:
     elif args.compare == "looks":
         names = ("one look a segment", f"{looks} looks")
         settings = (lambda: setattr(refine, "RERANK_LOOKS", 1), lambda: setattr(refine, "RERANK_LOOKS", looks))
+    elif args.compare == "follow":
+        budgets = dict(follow.FOLLOW_FRAMES)  # api reads this dict at each find
+        names = ("not followed", f"followed ({budgets})")
+        settings = (lambda: follow.FOLLOW_FRAMES.update({k: 0 for k in budgets}),
+                    lambda: follow.FOLLOW_FRAMES.update(budgets))
     elif args.compare == "colour":
         names = ("cells alone", f"with chroma (COLOUR {colour})")
         settings = (lambda: setattr(refine, "COLOUR", 0.0), lambda: setattr(refine, "COLOUR", colour))
@@ -82,8 +89,9 @@ def main() -> None:
             shown.append(out)
         same = "the same segments, hits and boxes" if shown[0] == shown[1] else (
             "the same segments and hits, other boxes" if _unboxed(shown[0]) == _unboxed(shown[1]) else "results differ")
+        hits = [sum(len(s[3]) for q in out for s in q) for out in shown]
         print(f"{len(args.queries)} finds: {names[0]} {times[0]:.1f} s, {names[1]} {times[1]:.1f} s "
-              f"({times[1] / times[0]:.2f}x); {same}", flush=True)
+              f"({times[1] / times[0]:.2f}x); {same}; {hits[0]} and {hits[1]} hits", flush=True)
 
 
 def _unboxed(shown: list) -> list:

@@ -223,3 +223,18 @@ def test_generated_small_object_set_has_the_objects_where_the_truth_says(tmp_pat
 
     obj = np.asarray(Image.fromarray(object_image("cup")[0]).resize((x2 - x1, y2 - y1)))
     assert np.abs(img[y1:y2, x1:x2].astype(int) - obj.astype(int)).mean() < 12  # JPEG + breathing size
+
+
+def test_a_generated_object_can_come_and_go(tmp_path):
+    from vidsearch.testsets import write_set
+
+    write_set(tmp_path, size=(320, 180), sizes=[40], objects=["cup"], frames=5, visible=(1, 3))
+    (seq,) = load_sequences(tmp_path)
+    assert [b is not None for b in seq.boxes] == [False, True, True, False, False]
+    from vidsearch.testsets import object_image
+
+    # the cup is where the truth says in frame 1, and not there in frame 0 (the bare scene)
+    x1, y1, x2, y2 = (int(v) for v in seq.boxes[1])
+    cup = np.asarray(Image.fromarray(object_image("cup")[0]).resize((x2 - x1, y2 - y1))).astype(int)
+    diff = [np.abs(np.asarray(Image.open(seq.frames[i]))[y1:y2, x1:x2].astype(int) - cup).mean() for i in (1, 0)]
+    assert diff[0] < 12 < 30 < diff[1], diff

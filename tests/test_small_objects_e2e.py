@@ -156,3 +156,24 @@ def test_segments_whose_match_does_not_stand_out_are_dropped(full_hd):
     cut = data["query"]["match_threshold"]
     assert cut is None or cut < data["query"]["threshold"]
     assert all(h["score"] >= (cut or data["query"]["threshold"]) - 1e-4 for s in data["segments"] for h in s["hits"])
+
+
+def test_a_verified_segment_is_followed_to_the_samples_the_region_score_missed(full_hd):
+    """With --min-score at the logo's best region score, its video has one hit; following
+    matches the query beside it and adds the other two samples, each boxed on the logo; --follow
+    0 leaves the one hit."""
+    args = ("find", "-q", full_hd["root"] / "crop.png", "-l", full_hd["lib"], "--device", "cpu", "--json",
+            "--snap", "samples")
+    best = json.loads(run(*args).stdout)["segments"][0]["score"]
+    one = json.loads(run(*args, "--min-score", f"{best - 1e-4:.5f}", "--follow", "0").stdout)["segments"]
+    assert [len(s["hits"]) for s in one] == [1]
+    result = run(*args, "--min-score", f"{best - 1e-4:.5f}")
+    segs = json.loads(result.stdout)["segments"]
+    assert len(segs) == 1 and Path(segs[0]["video"]).name == "target.mp4"
+    hits = segs[0]["hits"]
+    assert [h["frame"] for h in hits] == [0, 12, 24]  # every sample: the logo is in all 36 frames
+    followed = [h for h in hits if h["kind"] == "followed"]
+    assert len(followed) == 2 and all(h["refined"] and h["score"] < best for h in followed)
+    assert all(iou(h["box"], full_hd["boxes"][h["frame"]]) >= 0.5 for h in hits)
+    assert (segs[0]["start"], segs[0]["end"]) == (0.0, 3.0)
+    assert "2 frame(s) next to verified moments added" in result.stderr.replace("\n", " ")

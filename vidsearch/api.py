@@ -13,6 +13,7 @@ import numpy as np
 from .config import Preset, load_preset
 from .dasr.query import query_views
 from .errors import InputError, LibraryError, VidsearchError
+from .follow import FOLLOW_FRAMES, follow_segments
 from .library import CATALOG, Library, content_key
 from .queries import Query, load_image, make_queries
 from .rerank import Matcher, place_deferred, refine_hits, rerank_segments, verify_matches
@@ -303,12 +304,14 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
          min_score: float | None = None, query_video: str | None = None, at: str | None = None,
          device: str = "auto", weights: str | None = None, preset: str | None = None, refine: bool = True,
          refine_frames: int | None = None, progress=None, snap: str = "shots",
-         rerank: int | None = None, verify: bool = True) -> FindResult:
+         rerank: int | None = None, verify: bool = True, follow: int | None = None) -> FindResult:
     """Search the library. The best hits of the first `rerank` segments (default RERANK_DEPTH;
     0: none; RERANK_LOOKS hits each) are matched with the query (refine.py) and those segments
     ordered by the match, above the rest; with `verify`, those segments are taken at the background's cut alone
     (search.auto_thresholds) and those whose match does not stand out from the library's
-    background are dropped (verify.py). With `refine`, the boxes of the frames shown (the
+    background are dropped (verify.py), and the segments kept are followed to the sampled frames
+    beside them by the match (follow.py; at most `follow` frames matched, by default 200 on a GPU
+    and 40 on the CPU; 0: off). With `refine`, the boxes of the frames shown (the
     re-ranked hits, then every segment's best hit, then the rest, up to `refine_frames`: by
     default 200 on a GPU, 10 on the CPU) are looked for again with the query (the re-ranked
     hits' whole-frame pass only once verification has kept their segment). `snap` shots
@@ -319,6 +322,8 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
         raise InputError(f"--top must be at least 1, got {top}")
     if rerank is not None and rerank < 0:
         raise InputError(f"--rerank must be 0 (off) or a number of segments, got {rerank}")
+    if follow is not None and follow < 0:
+        raise InputError(f"--follow must be 0 (off) or a number of frames, got {follow}")
     if snap not in ("shots", "samples"):
         raise InputError(f"--snap must be shots or samples, got {snap!r}")
     lib = Library.open(library)
@@ -341,7 +346,8 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
 
         depth = RERANK_DEPTH if rerank is None else rerank
         # with verification, the first `depth` segments are taken deeper: their match decides
-        result = search(lib, index, w.apply(raw) if w is not None else raw, top=max(top, depth),
+        qv = w.apply(raw) if w is not None else raw
+        result = search(lib, index, qv, top=max(top, depth),
                         min_score=min_score, match_depth=depth if verify else 0)
         notes = [m for q in queries for m in q.warnings] + ([result.note] if result.note else [])
         # one set of templates and decoded-video probes for re-ranking and boxes
@@ -358,6 +364,11 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
                 result.segments, verdict, verify_notes = verify_matches(lib, videos, matcher, result.segments, gpu,
                                                                         progress)
                 notes += verify_notes
+                budget = FOLLOW_FRAMES["cuda" if gpu else "cpu"] if follow is None else follow
+                if verdict is not None and budget:
+                    result.segments, follow_notes = follow_segments(lib, matcher, result.segments, verdict, qv,
+                                                                    budget, progress)
+                    notes += follow_notes
         if snap == "shots" and result.segments:
             from .shots import snap_to_shots
 

@@ -161,6 +161,7 @@ def find(
     refine_frames: Optional[int] = typer.Option(None, "--refine-frames", min=1, help="At most this many hit frames refined, best hits first (default: 200 on a GPU, 10 on the CPU, a few seconds each there)."),
     rerank: Optional[int] = typer.Option(None, "--rerank", min=0, help="Re-rank the first N segments by how well the query matches their two best hits, a finer check than the region score (default: 20; about half a second a hit on the CPU; 0: off)."),
     verify: bool = typer.Option(True, "--verify/--no-verify", help="Drop re-ranked segments whose match with the query lies nearer the library's background (the query matched at a few random places) than the best match."),
+    follow: Optional[int] = typer.Option(None, "--follow", min=0, help="Follow each verified segment to the sampled frames beside it, adding those where the query matches as well as verification needs, at most N frames matched (default: 200 on a GPU, 40 on the CPU; 0: off)."),
 ) -> None:
     """Find where the query object appears: segments with timecodes, boxes and previews."""
     if export_format and not export_out:
@@ -173,7 +174,7 @@ def find(
         result = api.find([str(q) for q in query], box, str(library) if library else None, top, min_score,
                           str(query_video) if query_video else None, at, device, weights, refine=refine,
                           refine_frames=refine_frames, progress=start, snap=snap, rerank=rerank,
-                          verify=verify)
+                          verify=verify, follow=follow)
     data = result.to_dict()
     for w in result.warnings:
         err.print(f"[yellow]warning:[/] {escape(w)}", highlight=False, soft_wrap=True)  # [shots] is not markup

@@ -91,12 +91,14 @@ def paste(frame: np.ndarray, obj: np.ndarray, alpha: np.ndarray, x: int, y: int)
 
 
 def render_sequence(spec: SeqSpec, scene: np.ndarray, size: tuple[int, int], frames: int,
-                    occluder: np.ndarray) -> tuple[list[np.ndarray], list[tuple[int, int, int, int]]]:
+                    occluder: np.ndarray, visible: tuple[int, int] | None = None
+                    ) -> tuple[list[np.ndarray], list[tuple[int, int, int, int] | None]]:
     """Frames of one sequence and the object's full box (x1, y1, x2, y2) in each.
 
     The scene pans slowly; the object starts off-centre, drifts, breathes ±10 % in size, and in
     every third frame a patch of another texture hides 25-40 % of it from one side (the box
-    stays the whole object, as tracking ground truth does)."""
+    stays the whole object, as tracking ground truth does). With `visible` (first, end), only
+    those frames show it (the box is None in the others): the object comes and goes."""
     w, h = size
     rng = np.random.default_rng(spec.seed)
     obj, alpha = object_image(spec.instance)
@@ -119,6 +121,10 @@ def render_sequence(spec: SeqSpec, scene: np.ndarray, size: tuple[int, int], fra
         x, y = start + u * drift
         x = int(np.clip(x, 0, w - ow))
         y = int(np.clip(y, 0, h - oh))
+        if visible is not None and not visible[0] <= i < visible[1]:
+            out.append(frame)
+            boxes.append(None)
+            continue
         paste(frame, np.asarray(Image.fromarray(obj).resize((ow, oh), Image.BICUBIC)),
               np.asarray(Image.fromarray((alpha * 255).astype(np.uint8)).resize((ow, oh), Image.BILINEAR)) / 255.0,
               x, y)
@@ -152,8 +158,9 @@ def default_scenes(size: tuple[int, int], count: int, seed: int = 0) -> list[np.
 
 def write_set(out: str | Path, size: tuple[int, int] = (1920, 1080), sizes: list[int] | None = None,
               objects: list[str] | None = None, frames: int = 13, scenes: list[np.ndarray] | None = None,
-              quality: int = 92) -> list[SeqSpec]:
-    """Write the set under `out/sequences/`; `scenes` default to collages of skimage photos."""
+              quality: int = 92, visible: tuple[int, int] | None = None) -> list[SeqSpec]:
+    """Write the set under `out/sequences/`; `scenes` default to collages of skimage photos;
+    `visible`: the frames (first, end) that show the object (default all)."""
     out = Path(out)
     sizes = sizes or [40, 64, 100, 200, 400]
     objects = objects or list(OBJECTS)
@@ -163,11 +170,13 @@ def write_set(out: str | Path, size: tuple[int, int] = (1920, 1080), sizes: list
     for spec in specs:
         d = out / "sequences" / spec.name
         (d / "img").mkdir(parents=True, exist_ok=True)
-        imgs, boxes = render_sequence(spec, scenes[spec.scene], size, frames, occluder)
+        imgs, boxes = render_sequence(spec, scenes[spec.scene], size, frames, occluder, visible)
         for i, img in enumerate(imgs):
             Image.fromarray(img).save(d / "img" / f"{i + 1:06d}.jpg", quality=quality)
-        (d / "groundtruth.txt").write_text("".join(f"{x1},{y1},{x2 - x1},{y2 - y1}\n" for x1, y1, x2, y2 in boxes))
+        (d / "groundtruth.txt").write_text("".join("0,0,0,0\n" if b is None else f"{b[0]},{b[1]},{b[2] - b[0]},{b[3] - b[1]}\n"
+                                                   for b in boxes))
         (d / "meta.json").write_text(json.dumps({"instance": spec.instance, "scene": spec.scene,
                                                  "object_px": spec.object_px, "frame_size": list(size),
+                                                 "visible": list(visible) if visible else None,
                                                  "generated": "vidsearch.testsets"}, indent=1))
     return specs
