@@ -137,3 +137,11 @@ def test_bad_input_is_refused_and_nothing_is_written(tmp_path):
 def test_empty_result_still_makes_a_page(tmp_path):
     page = write_report({"segments": []}, tmp_path / "page")
     assert "No segment matched" in page.read_text()
+
+
+def test_a_followed_hit_says_how_it_was_found(clip, tmp_path):
+    root, video, truth = clip
+    data = result_for(video, truth)
+    data["segments"][0]["hits"][1].update(kind="followed", refined=True)
+    text = write_report(data, tmp_path / "page", thumbs=4).read_text()
+    assert text.count("found by following the match") == 1 and text.count("box refined") == 1

@@ -150,7 +150,7 @@ def _card(n: int, seg: dict, frames: FrameGrabber, img_dir: Path, out_dir: Path,
         src = _save_jpeg(draw_thumbnail(image, h["box"], THUMB_WIDTH), img_dir / f"seg-{n:03d}-hit-{k + 1:03d}.jpg")
         tc = _hit_tc(seg, float(h["time"]))
         strip.append(f'<figure class="hit" data-t="{float(h["time"]):.3f}" data-box="{_box_attr(h)}" title="{e(tc)} · score {float(h["score"]):.3f}'
-                     f'{" · box refined" if h.get("refined") else ""}"><img src="{src}" alt="hit at {e(tc)}">'
+                     f'{" · found by following the match" if h.get("kind") == "followed" else " · box refined" if h.get("refined") else ""}"><img src="{src}" alt="hit at {e(tc)}">'
                      f'<figcaption>{e(tc)} · {float(h["score"]):.2f}</figcaption></figure>')
     playable = Path(source).suffix.lower() in PLAYABLE
     box = ", ".join(f"{float(v):.0f}" for v in seg["best"]["box"])  # in the named video's pixels
