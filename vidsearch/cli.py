@@ -422,7 +422,7 @@ def demo(
     err.print(f"3/3 vidsearch find --query {crop} --library {workdir / 'library'} --out {workdir / 'hits'} "
               f"--html {workdir / 'page'}")
     find([crop], [], None, None, workdir / "library", 5, None, False, workdir / "hits", workdir / "page", None, None, True,
-         device, None, refine=True, snap="shots", refine_frames=100, rerank=None)
+         device, None, refine=True, snap="shots", refine_frames=100, rerank=None, verify=True, follow=None)
 
 
 def main() -> None:  # pragma: no cover
