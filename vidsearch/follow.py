@@ -70,13 +70,13 @@ def follow_segments(lib: Library, matcher, segments: list[Segment], verdict: Ver
     cut = frame_cut(verdict)
     shards = {v.id: lib.load_shard(v.id, ("frame", "sample_frame", "sample_time"))
               for v in {s.video.id: s.video for s in runs_of}.values()}
+    positions = {vid: _positions(shard) for vid, shard in shards.items()}  # frame -> sample position
     owner: dict[tuple[int, int], Segment] = {}  # (video, position) -> the segment whose hit is there
     for s in segments:
         if s.video.id in shards:
-            position = _positions(shards[s.video.id])
             for h in s.hits:
-                owner[s.video.id, position.get(h.frame, -1)] = s
-    runs = [_start(s, shards[s.video.id]) for s in runs_of]
+                owner[s.video.id, positions[s.video.id].get(h.frame, -1)] = s
+    runs = [_start(s, positions[s.video.id]) for s in runs_of]
     wanted = min(budget, sum(len(r.gaps) + _reach(r, shards[r.seg.video.id]) for r in runs))
     tick = progress("following verified moments", wanted) if progress and wanted else None
     spent, added, merges = 0, [], []
@@ -115,7 +115,7 @@ def follow_segments(lib: Library, matcher, segments: list[Segment], verdict: Ver
     _score(lib, added, shards, q)
     for r in runs:
         _settle(r, shards[r.seg.video.id])
-    out = _merge(segments, merges, shards)
+    out = _merge(segments, merges, positions)
     left = any(r.gaps or any(_open(s, r, shards, owner, []) for s in r.sides) for r in runs)
     notes = [f"{len(added)} frame(s) next to verified moments added by their match with the query" +
              (f"; following stopped after {budget} frames matched, --follow N for more" if left and spent >= budget
@@ -127,8 +127,7 @@ def _positions(shard: dict[str, np.ndarray]) -> dict[int, int]:
     return {int(f): i for i, f in enumerate(shard["sample_frame"])}
 
 
-def _start(seg: Segment, shard: dict[str, np.ndarray]) -> _Run:
-    position = _positions(shard)
+def _start(seg: Segment, position: dict[int, int]) -> _Run:
     at = {position[h.frame]: h for h in seg.hits if h.frame in position}
     run = _Run(seg, at)
     if not at:
@@ -190,7 +189,7 @@ def _settle(run: _Run, shard: dict[str, np.ndarray]) -> None:
     seg.end = float(times[last + 1]) if last + 1 < len(times) else max(seg.video.duration, seg.hits[-1].time)
 
 
-def _merge(segments: list[Segment], merges: list[tuple[Segment, Segment]], shards: dict) -> list[Segment]:
+def _merge(segments: list[Segment], merges: list[tuple[Segment, Segment]], positions: dict) -> list[Segment]:
     """Segments that following joined are one: hits together, the better match, at the place of
     the earlier of them in the order given."""
     into: dict[int, Segment] = {}
@@ -206,7 +205,7 @@ def _merge(segments: list[Segment], merges: list[tuple[Segment, Segment]], shard
         if a is b:
             continue
         keep, gone = (a, b) if rank[id(a)] < rank[id(b)] else (b, a)
-        position = _positions(shards[keep.video.id])
+        position = positions[keep.video.id]
         keep.hits = sorted(keep.hits + gone.hits, key=lambda h: position.get(h.frame, 0))
         keep.start, keep.end = min(keep.start, gone.start), max(keep.end, gone.end)
         matches = [m for m in (keep.match, gone.match) if m is not None]
