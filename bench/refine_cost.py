@@ -11,7 +11,10 @@ defaults for the device):
 - `--compare colour`: boxes placed by the backbone's cells alone (refine.COLOUR = 0) and with
   their chroma (results differ: only boxes should);
 - `--compare follow`: verified segments not followed (follow.py off) and followed with the
-  device's default budget (results differ: more hits; the run counts them).
+  device's default budget (results differ: more hits; the run counts them);
+- `--compare beside`: boxes as their own region gives them, and a box whose size jumps from
+  both its neighbours' matched again near theirs (rerank.Matcher.match_beside; only boxes
+  differ).
 
     python bench/refine_cost.py /tmp/find_small/lib-default /tmp/find_small/cup_64px_s1-query.png ... --device cpu
 
@@ -41,7 +44,7 @@ def main() -> None:
     ap.add_argument("queries", nargs="+", help="query images (crops)")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--compare", choices=("anywhere", "output", "looks", "deferred", "colour", "follow"), default="anywhere")
+    ap.add_argument("--compare", choices=("anywhere", "output", "looks", "deferred", "colour", "follow", "beside"), default="anywhere")
     args = ap.parse_args()
 
     def run() -> tuple[float, list]:
@@ -70,6 +73,11 @@ def main() -> None:
         names = ("not followed", f"followed ({budgets})")
         settings = (lambda: follow.FOLLOW_FRAMES.update({k: 0 for k in budgets}),
                     lambda: follow.FOLLOW_FRAMES.update(budgets))
+    elif args.compare == "beside":
+        same_size = refine.same_size
+        names = ("each box from its own region", "sizes checked beside")
+        settings = (lambda: setattr(refine, "same_size", lambda side, box: True),
+                    lambda: setattr(refine, "same_size", same_size))
     elif args.compare == "colour":
         names = ("cells alone", f"with chroma (COLOUR {colour})")
         settings = (lambda: setattr(refine, "COLOUR", 0.0), lambda: setattr(refine, "COLOUR", colour))

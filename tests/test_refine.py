@@ -178,3 +178,58 @@ def test_colour_picks_the_place_and_leaves_the_score_to_the_cells():
     assert found.score == pytest.approx(1.0) and found.box[0] == pytest.approx(32.0)
     grey = Template(cells, (10.0, 10.0), 1.0, (0.0, 0.0), None, 0.0)  # COLOUR 0
     assert all(torch.equal(m, alone) for m in refine._ncc(f, chroma, grey))
+
+
+class FramesGrabber:
+    """The frames of a made-up video by index, handed out in time order as FrameGrabber does."""
+
+    def __init__(self, frames: list[np.ndarray]) -> None:
+        self.frames = frames
+        self.missing: set[str] = set()
+
+    def grab(self, wanted):
+        for k in sorted(range(len(wanted)), key=lambda k: wanted[k][1]):
+            yield k, self.frames[wanted[k][2]]
+
+
+@pytest.mark.parametrize("wrong,followed", [(1, None), (0, 2)])
+def test_a_hit_whose_region_lies_elsewhere_takes_its_box_from_the_hits_beside_it(engine, wrong, followed):
+    """Three samples of a moving cup. One hit's region is a small box on the grass, too small for
+    any zoom tried near it to reach the cup's size; the others' regions are rough boxes around the
+    cup (or, for a followed hit, the box its match found). The object's size jumps from both its
+    neighbours', which matched better, so that frame is matched again near their boxes at about
+    their size, and its box finds the cup, between two hits or before them."""
+    from vidsearch.follow import FOLLOWED
+    from vidsearch.library import VideoRow
+    from vidsearch.queries import Query
+    from vidsearch.rerank import Matcher, refine_hits
+    from vidsearch.search import Hit, Segment
+
+    layer = refine_layer(engine)
+    query, qbox = scene_with("cup", 120, (100, 100), seed=1)
+    scenes = [scene_with("cup", 100, (300 + 25 * k, 150 + 10 * k), seed=2) for k in range(3)]
+    frames, truths = [f for f, _ in scenes], [t for _, t in scenes]
+    template = make_template(engine, layer, query, qbox)
+    elsewhere = [20.0, 300.0, 40.0, 320.0]
+    # the region alone cannot give the cup's box (ZOOMS reach about 2.4x a 20-px region)
+    assert iou(refine_box(engine, layer, frames[wrong], [template], elsewhere).box, truths[wrong]) < 0.3
+
+    def region(k):
+        if k == wrong:
+            return list(elsewhere)
+        if k == followed:
+            return list(truths[k])
+        x1, y1, x2, y2 = truths[k]
+        return [x1 - 30.0, y1 - 10.0, x2 + 20.0, y2 + 40.0]  # a rough region around the cup
+
+    video = VideoRow(1, "v.mp4", "k", 1, 0.0, 640, 360, "1", 3.0, 3, "h264", 0, True, None, 3, 6, "", "done", None)
+    hits = [Hit(float(k), k, region(k), 0.5 - k / 10, FOLLOWED if k == followed else "region", refined=k == followed)
+            for k in range(3)]
+    seg = Segment(video, 0.0, 3.0, hits)
+    matcher = Matcher(engine, [Query("q.png", tuple(float(v) for v in qbox), query)])
+    matcher.grabber = FramesGrabber(frames)
+    assert refine_hits(engine, [], [seg], limit=10, matcher=matcher) == []
+    if followed is not None:
+        assert hits[followed].box == list(truths[followed])  # a followed hit keeps the box its match found
+    for k in range(3):
+        assert hits[k].refined and iou(hits[k].box, truths[k]) > 0.6, (k, hits[k].box, truths[k])

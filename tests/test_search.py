@@ -286,3 +286,54 @@ def test_where_the_best_match_does_not_stand_out_the_note_names_the_score_to_try
     # what it suggests gives those frames
     shown = search(lib, index, q, top=100, min_score=0.39)
     assert sum(len(s.hits) for s in shown.segments) == frames
+
+
+def test_refine_hits_places_re_ranked_hits_from_their_match_and_past_the_limit_alone(monkeypatch):
+    """Re-ranked hits wait for their whole-frame pass (rerank_segments' deferred list): those
+    refine_hits refines are matched beside their neighbours, starting from the match re-ranking
+    found near their region; those past its limit get the whole-frame pass alone."""
+    from vidsearch import rerank
+    from vidsearch.refine import Refined
+
+    def video(i: int) -> VideoRow:
+        return VideoRow(i, f"/v{i}.mp4", "k", 1, 0.0, 640, 360, "24", 20.0, 480, "h264", 0, True, None, 20, 0, "",
+                        "done", None)
+
+    segs = [Segment(video(i), i, i + 1, [Hit(float(i), 24 * i, [1.0, 1.0, 5.0, 5.0], 0.9 - i / 10, refined=True)])
+            for i in range(3)]
+    deferred = [(s, s.best, Refined((1.0, 1.0, 5.0, 5.0), 0.7, 1.0, template=0)) for s in segs]
+    seen = {}
+
+    class FakeMatcher:
+        failed: set = set()
+
+        def match_beside(self, pairs, anchors, tick=None, near=None):
+            seen["pairs"] = [s.video.path for s, _ in pairs]
+            seen["near"] = sorted(n.score for n in (near or {}).values())
+            seen["anchors"] = {k: v for k, v in anchors.items() if v}
+            return [Refined((2.0, 2.0, 8.0, 8.0), 0.7, 1.0) for _ in pairs]
+
+        def move_all(self, found, tick=None):
+            seen["moved"] = [s.video.path for s, _, _ in found]
+            return [Refined((9.0, 9.0, 20.0, 20.0), n.score, n.zoom, moved=True) for _, _, n in found]
+
+        def notes(self, what, known=frozenset()):
+            return []
+
+    notes = rerank.refine_hits(None, [], segs, limit=1, matcher=FakeMatcher(), deferred=deferred)
+    assert seen["pairs"] == ["/v0.mp4"] and seen["near"] == [0.7]
+    assert seen["moved"] == ["/v1.mp4", "/v2.mp4"]
+    # the placed hits are anchors for their segments' other hits (none here to refine)
+    assert seen["anchors"] == {id(segs[1]): [(1.0, [9.0, 9.0, 20.0, 20.0])], id(segs[2]): [(2.0, [9.0, 9.0, 20.0, 20.0])]}
+    assert [s.best.box for s in segs] == [[2.0, 2.0, 8.0, 8.0], [9.0, 9.0, 20.0, 20.0], [9.0, 9.0, 20.0, 20.0]]
+    assert notes == ["boxes refined on the first 1 of 3 hit frames (each segment's best first); --refine-frames N for more"]
+
+
+def test_beside_gives_the_nearest_items_before_and_after():
+    from vidsearch.rerank import _beside
+
+    items = [(0.0, "a"), (2.0, "b"), (5.0, "c")]
+    assert _beside(items, 3.0) == ((2.0, "b"), (5.0, "c"))
+    assert _beside(items, 2.0) == ((2.0, "b"), (5.0, "c"))  # at its time counts as before
+    assert _beside(items, -1.0) == (None, (0.0, "a")) and _beside(items, 9.0) == ((5.0, "c"), None)
+    assert _beside([], 1.0) == (None, None)

@@ -375,11 +375,13 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
             result.segments, snap_notes = snap_to_shots(
                 result.segments, lambda v: lib.load_shard(v.id, ("sample_frame", "sample_time", "shot_cut")))
             notes += snap_notes
-        place_deferred(matcher, deferred, result.segments[:top], progress)  # nothing where nothing waits
         result.segments = result.segments[:top]
         if refine and result.segments:
             limit = refine_frames or (200 if gpu else 10)
-            notes += refine_hits(engine, queries, result.segments, limit, progress, matcher)
+            # re-ranked hits' deferred whole-frame passes are made there, with their neighbours' boxes
+            notes += refine_hits(engine, queries, result.segments, limit, progress, matcher, deferred)
+        else:
+            place_deferred(matcher, deferred, result.segments, progress)  # nothing where nothing waits
         _, bad = lib.readable_videos()
         notes += [f"skipped {v.path}: its shard is unreadable ({why}); re-index it" for v, why in bad]
         return FindResult(queries, str(lib.root), stored.name, result, notes, verdict)

@@ -40,6 +40,10 @@ import torch.nn.functional as F
 
 TEMPLATE_CELLS = 6  # the query's box spans this many cells on its long side
 ZOOMS = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)  # object size / region size, tried
+# Near the box of a hit a sample away, which is the object's own, its size is about known: only
+# the zooms around it are tried (then half steps around the best, as always). The whole range
+# lets a part of the object, or a larger patch of texture, outscore it (bench/RESULTS.md).
+BESIDE_ZOOMS = (0.7, 1.0, 1.4)
 CONTEXT = 1.0  # the searched window adds this many region sizes on every side
 MAX_SIDE = 640  # network pixels: a window is cut down around the region past this
 # The whole frame is matched (a box may leave its hit region) up to this many network pixels
@@ -305,13 +309,23 @@ def refine_box(engine, layer: int, frame: np.ndarray, templates: list[Template],
     return move_anywhere(engine, layer, frame, templates, near) if anywhere else near
 
 
-def refine_near(engine, layer: int, frame: np.ndarray, templates: list[Template], box0) -> Refined:
+def same_size(side: float, box) -> bool:
+    """Whether an object of long side `side` is about the size of `box` (x1, y1, x2, y2): within
+    the range BESIDE_ZOOMS reaches with their half steps (0.59-1.66 times)."""
+    step = np.sqrt(ZOOMS[1] / ZOOMS[0])
+    long_side = max(float(box[2]) - float(box[0]), float(box[3]) - float(box[1]), 1.0)
+    return BESIDE_ZOOMS[0] / step * long_side <= side <= BESIDE_ZOOMS[-1] * step * long_side
+
+
+def refine_near(engine, layer: int, frame: np.ndarray, templates: list[Template], box0,
+                zooms: tuple[float, ...] = ZOOMS) -> Refined:
     """refine_box without the whole-frame pass: the match near `box0` (score -1 where no
-    template fits). `move_anywhere` can finish it later, on the same frame."""
+    template fits), the object tried at `zooms` times box0's size. `move_anywhere` can finish
+    it later, on the same frame."""
     stride = _stride(engine, layer)
     best = Refined(tuple(float(v) for v in box0), -1.0, 1.0)
     for i, t in enumerate(templates):
-        found = [_match(engine, layer, frame, t, box0, z, stride) for z in ZOOMS]
+        found = [_match(engine, layer, frame, t, box0, z, stride) for z in zooms]
         top = max((m for m in found if m is not None), key=lambda m: m.score, default=None)
         if top is None:
             continue

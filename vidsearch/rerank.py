@@ -42,6 +42,51 @@ class Matcher:
         return self._on_frames(found, [near for _, _, near in found], tick, lambda k, frame: move_anywhere(
             self.engine, self.layer, frame, self.templates, found[k][2]))
 
+    def match_beside(self, pairs: list, anchors: dict[int, list], tick=None, near: dict | None = None) -> list:
+        """refine_box per (segment, hit), as match_all; then a frame whose object size jumps
+        from both its neighbours' in the segment (the nearest hits matched here before and after
+        it, and `anchors`: id(segment) -> [(time, box)] of hits placed already, trusted), where
+        a neighbour matched better, is matched again near that neighbour's box at about its size
+        (refine.BESIDE_ZOOMS), and takes that match where it is the better one. The size near a
+        hit region comes from a zoom the region vouches for; where the region lies beside the
+        object, or on a larger thing, it is the wrong size, and the box found at it is wrong too.
+        `near`: id(hit) -> refine_near's match near its region where re-ranking has it already."""
+        from .refine import BESIDE_ZOOMS, move_anywhere, refine_near, same_size
+
+        near = near or {}
+
+        def first(k: int, frame):
+            hit = pairs[k][1]
+            own = near.get(id(hit)) or refine_near(self.engine, self.layer, frame, self.templates, hit.box)
+            return move_anywhere(self.engine, self.layer, frame, self.templates, own)
+
+        out = self._on_frames(pairs, [None] * len(pairs), tick, first)
+        redo: dict[int, list] = {}  # pair -> the neighbours' boxes to look near
+        for k, (seg, hit) in enumerate(pairs):
+            if out[k] is None:
+                continue
+            others = [(h.time, out[j].box, out[j].score) for j, (s, h) in enumerate(pairs)
+                      if s is seg and j != k and out[j] is not None and out[j].template >= 0]
+            others += [(t, box, float("inf")) for t, box in anchors.get(id(seg), [])]
+            beside = [n for n in _beside(others, hit.time) if n is not None]
+            if beside and all(not same_size(out[k].side, box) for _, box, _ in beside):
+                boxes = [box for _, box, score in beside if score > out[k].score]
+                if boxes:
+                    redo[k] = boxes
+
+        def again(i: int, frame):
+            k = order[i]
+            other = max((refine_near(self.engine, self.layer, frame, self.templates, box, BESIDE_ZOOMS)
+                         for box in redo[k]), key=lambda m: m.score)
+            if other.score <= out[k].score:
+                return out[k]
+            return move_anywhere(self.engine, self.layer, frame, self.templates, other)
+
+        order = sorted(redo)
+        for k, found in zip(order, self._on_frames([pairs[k] for k in order], [out[k] for k in order], None, again)):
+            out[k] = found
+        return out
+
     def _on_frames(self, items: list, out: list, tick, work) -> list:
         """out[k] = work(k, frame) for each item's hit frame (items start with (segment, hit));
         out[k] stays where its video cannot be decoded. The hit frames of each video are grabbed
@@ -60,6 +105,19 @@ class Matcher:
     def notes(self, what: str, known: set[str] = frozenset()) -> list[str]:
         """A note per video that could not be decoded, leaving out those `known` already."""
         return [f"{what} in {p}: it cannot be decoded any more" for p in sorted(self.failed - known)]
+
+
+def _beside(items: list, time: float) -> tuple:
+    """The nearest items (time, ...) before (or at) and after `time`: (before, after), None where
+    there is none."""
+    before = [a for a in items if a[0] <= time]
+    after = [a for a in items if a[0] > time]
+    return (max(before, key=lambda a: a[0]) if before else None, min(after, key=lambda a: a[0]) if after else None)
+
+
+def _waits(hit, deferred: list) -> bool:
+    """Whether a refined hit is a re-ranked one whose box still waits for its whole-frame pass."""
+    return any(h is hit for _, h, _ in deferred)
 
 
 def rerank_segments(engine, queries: list[Query], segments: list, depth: int, refine: bool = True,
@@ -124,21 +182,34 @@ def place_deferred(matcher: Matcher, deferred: list, segments: list, progress=No
 
 
 def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progress=None,
-                matcher: Matcher | None = None) -> list[str]:
+                matcher: Matcher | None = None, deferred: list | None = None) -> list[str]:
     """Query-guided boxes (refine.py) on hit frames: each segment's best hit first, then the
-    others in segment order, up to `limit` frames (hits refined already count and are kept).
-    Ranking and scores stay; boxes change and say so. Returns notes for the user (frames that
-    could not be decoded)."""
+    others in segment order, up to `limit` frames. Where a box's size jumps from both its
+    neighbours' in the segment, it is looked for again near theirs (Matcher.match_beside): a hit
+    region can lie beside the object, or on a larger thing, and the box found near it is then the
+    wrong size and in the wrong place (bench/RESULTS.md). Followed hits (follow.py), found by a
+    match near their neighbour's box, keep theirs and count as neighbours; re-ranked hits
+    (`deferred`, rerank_segments') are placed here from the match they have near their region,
+    and those past `limit` get their whole-frame pass alone (place_deferred). Ranking and scores
+    stay; boxes change and say so. Returns notes for the user (frames that could not be decoded)."""
+    from .follow import FOLLOWED
+
+    deferred = deferred or []
     order = [(s, s.best) for s in segments] + [(s, h) for s in segments for h in s.hits if h is not s.best]
     notes = [f"boxes refined on the first {limit} of {len(order)} hit frames (each segment's best first); "
              f"--refine-frames N for more"] if len(order) > limit else []
-    order = [(s, h) for s, h in order[:limit] if not h.refined]
+    order = [(s, h) for s, h in order[:limit] if h.kind != FOLLOWED and (not h.refined or _waits(h, deferred))]
+    todo = {id(h) for _, h in order}
+    if matcher is not None:
+        place_deferred(matcher, [d for d in deferred if id(d[1]) not in todo], segments, progress)
     if not order:
         return notes
     matcher = matcher or Matcher(engine, queries)
     known = set(matcher.failed)  # named already (by re-ranking)
     tick = progress("refining boxes", len(order)) if progress else None
-    for (seg, hit), found in zip(order, matcher.match_all(order, tick)):
+    anchors = {id(s): [(h.time, list(h.box)) for h in s.hits if h.refined and id(h) not in todo] for s in segments}
+    near = {id(h): found for _, h, found in deferred if id(h) in todo}
+    for (seg, hit), found in zip(order, matcher.match_beside(order, anchors, tick, near)):
         if found is not None:
             hit.box = list(found.box)
             hit.refined = True
