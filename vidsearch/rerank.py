@@ -74,6 +74,8 @@ class Matcher:
                 if boxes:
                     redo[k] = boxes
 
+        order = sorted(redo)
+
         def again(i: int, frame):
             k = order[i]
             other = max((refine_near(self.engine, self.layer, frame, self.templates, box, BESIDE_ZOOMS)
@@ -82,7 +84,6 @@ class Matcher:
                 return out[k]
             return move_anywhere(self.engine, self.layer, frame, self.templates, other)
 
-        order = sorted(redo)
         for k, found in zip(order, self._on_frames([pairs[k] for k in order], [out[k] for k in order], None, again)):
             out[k] = found
         return out
