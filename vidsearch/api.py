@@ -16,7 +16,7 @@ from .errors import InputError, LibraryError, VidsearchError
 from .follow import FOLLOW_FRAMES, follow_segments
 from .library import CATALOG, Library, content_key
 from .queries import Query, load_image, make_queries
-from .rerank import Matcher, place_deferred, refine_hits, rerank_segments, verify_matches
+from .rerank import Matcher, refine_hits, rerank_segments, verify_matches
 from .search import SearchResult, fuse, search
 from .verify import Verdict
 from .video import Sampler, open_source, probe, read_ahead
@@ -378,10 +378,8 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
         result.segments = result.segments[:top]
         if refine and result.segments:
             limit = refine_frames or (200 if gpu else 10)
-            # re-ranked hits' deferred whole-frame passes are made there, with their neighbours' boxes
+            # re-ranked hits' deferred whole-frame passes are made there (only `refine` defers them)
             notes += refine_hits(engine, queries, result.segments, limit, progress, matcher, deferred)
-        else:
-            place_deferred(matcher, deferred, result.segments, progress)  # nothing where nothing waits
         _, bad = lib.readable_videos()
         notes += [f"skipped {v.path}: its shard is unreadable ({why}); re-index it" for v, why in bad]
         return FindResult(queries, str(lib.root), stored.name, result, notes, verdict)

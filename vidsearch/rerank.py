@@ -116,11 +116,6 @@ def _beside(items: list, time: float) -> tuple:
     return (max(before, key=lambda a: a[0]) if before else None, min(after, key=lambda a: a[0]) if after else None)
 
 
-def _waits(hit, deferred: list) -> bool:
-    """Whether a refined hit is a re-ranked one whose box still waits for its whole-frame pass."""
-    return any(h is hit for _, h, _ in deferred)
-
-
 def rerank_segments(engine, queries: list[Query], segments: list, depth: int, refine: bool = True,
                     progress=None, matcher: Matcher | None = None,
                     deferred: list | None = None) -> tuple[list, list[str]]:
@@ -193,23 +188,22 @@ def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progre
     (`deferred`, rerank_segments') are placed here from the match they have near their region,
     and those past `limit` get their whole-frame pass alone (place_deferred). Ranking and scores
     stay; boxes change and say so. Returns notes for the user (frames that could not be decoded)."""
-    from .follow import FOLLOWED
-
     deferred = deferred or []
+    waiting = {id(h): near for _, h, near in deferred}  # re-ranked hits and their match near the region
     order = [(s, s.best) for s in segments] + [(s, h) for s in segments for h in s.hits if h is not s.best]
     notes = [f"boxes refined on the first {limit} of {len(order)} hit frames (each segment's best first); "
              f"--refine-frames N for more"] if len(order) > limit else []
-    order = [(s, h) for s, h in order[:limit] if h.kind != FOLLOWED and (not h.refined or _waits(h, deferred))]
+    # followed hits are refined (their box is their match's) and do not wait
+    order = [(s, h) for s, h in order[:limit] if not h.refined or id(h) in waiting]
     todo = {id(h) for _, h in order}
-    if matcher is not None:
-        place_deferred(matcher, [d for d in deferred if id(d[1]) not in todo], segments, progress)
+    place_deferred(matcher, [d for d in deferred if id(d[1]) not in todo], segments, progress)
     if not order:
         return notes
     matcher = matcher or Matcher(engine, queries)
     known = set(matcher.failed)  # named already (by re-ranking)
     tick = progress("refining boxes", len(order)) if progress else None
     anchors = {id(s): [(h.time, list(h.box)) for h in s.hits if h.refined and id(h) not in todo] for s in segments}
-    near = {id(h): found for _, h, found in deferred if id(h) in todo}
+    near = {k: found for k, found in waiting.items() if k in todo}
     for (seg, hit), found in zip(order, matcher.match_beside(order, anchors, tick, near)):
         if found is not None:
             hit.box = list(found.box)
