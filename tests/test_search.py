@@ -43,6 +43,20 @@ def test_k_limit_falls_back_to_range_search(data):
     assert len(full) > 256 and np.allclose(np.sort(full), np.sort(limited), atol=1e-5)
 
 
+def test_views_searched_together_find_what_each_view_finds_alone(data):
+    v, q = data
+    index = flat_index(v)
+    views = np.stack([q, v[7], -q])  # past the first k; a few; none above the threshold
+    for kw in ({}, {"max_k": 256}):
+        scores, ids = retrieve(index, views, 0.25, **kw)
+        best: dict[int, float] = {}
+        for view in views:
+            for s, i in zip(*retrieve(index, view, 0.25, **kw)):
+                best[int(i)] = max(best.get(int(i), -1.0), float(s))
+        assert len(ids) == len(best) > 1024 and list(scores) == sorted(scores, reverse=True)
+        assert dict(zip(ids.tolist(), scores.tolist())) == pytest.approx(best)
+
+
 def test_ivf_with_exact_rescoring_matches_flat(data):
     v, q = data
     inner = faiss.index_factory(32, "IVF64,SQ8", faiss.METRIC_INNER_PRODUCT)

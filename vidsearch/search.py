@@ -178,9 +178,9 @@ def retrieve(index, q: np.ndarray, min_score: float, max_regions: int = 200_000,
              exact=None, margin: float = 0.02) -> tuple[np.ndarray, np.ndarray]:
     """All regions whose best view scores >= min_score (up to max_regions), best first."""
     q = as_views(q)
-    if len(q) == 1:
-        return _retrieve_one(index, q[0], min_score, max_regions, max_k, exact, margin)
-    parts = [_retrieve_one(index, v, min_score, max_regions, max_k, exact, margin) for v in q]
+    parts = _retrieve_views(index, q, min_score, max_regions, max_k, exact, margin)
+    if len(parts) == 1:
+        return parts[0]
     scores = np.concatenate([s for s, _ in parts])
     ids = np.concatenate([i for _, i in parts])
     order = np.argsort(-scores, kind="stable")
@@ -189,36 +189,45 @@ def retrieve(index, q: np.ndarray, min_score: float, max_regions: int = 200_000,
     return scores[keep], ids[keep]
 
 
-def _retrieve_one(index, q: np.ndarray, min_score: float, max_regions: int, max_k: int | None,
-                  exact, margin: float) -> tuple[np.ndarray, np.ndarray]:
-    """All regions scoring >= min_score with one query vector (up to max_regions), best first:
-    grow k until the k-th score falls below the threshold, so nothing above it is missed.
+def _retrieve_views(index, q: np.ndarray, min_score: float, max_regions: int, max_k: int | None,
+                    exact, margin: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per view, all regions scoring >= min_score (up to max_regions), best first: grow k until
+    the k-th score falls below the threshold, so nothing above it is missed. The views still
+    growing are searched together, one batch per k (a crop has about ten views; one batched
+    search costs about what one view's does).
 
     max_k: the largest k one search may ask for (GPU indexes allow 2048); past it the search
     goes on as range search. exact: rescoring of candidates from stored vectors, for indexes
     with approximate codes; candidates are then taken down to min_score - margin first."""
     cut = min_score - margin if exact is not None else min_score
     k = min(index.ntotal, 1024, max_k or 1024)
-    while True:
-        scores, ids = index.search(q[None], k)
-        scores, ids = scores[0], ids[0]
-        valid = ids >= 0
-        scores, ids = scores[valid], ids[valid]
-        done = k >= index.ntotal or k >= max_regions or (len(scores) and scores[-1] < cut)
-        if not done and max_k is not None and k >= max_k:
-            lims, dist, labels = index.range_search(q[None], cut)
-            scores, ids = dist[lims[0] : lims[1]], labels[lims[0] : lims[1]]
-            order = np.argsort(-scores, kind="stable")[:max_regions]
-            scores, ids = scores[order], ids[order]
-            done = True
-        if done:
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(q)
+    pending = list(range(len(q)))
+    while pending:
+        found = index.search(np.ascontiguousarray(q[pending]), k)
+        growing = []
+        for row, v in enumerate(pending):
+            valid = found[1][row] >= 0
+            scores, ids = found[0][row][valid], found[1][row][valid]
+            done = k >= index.ntotal or k >= max_regions or (len(scores) and scores[-1] < cut)
+            if not done and max_k is not None and k >= max_k:
+                lims, dist, labels = index.range_search(q[v][None], cut)
+                scores, ids = dist[lims[0] : lims[1]], labels[lims[0] : lims[1]]
+                order = np.argsort(-scores, kind="stable")[:max_regions]
+                scores, ids = scores[order], ids[order]
+                done = True
+            if not done:
+                growing.append(v)
+                continue
             if exact is not None and len(ids):
-                scores = exact(ids, q)
+                scores = exact(ids, q[v])
                 order = np.argsort(-scores, kind="stable")
                 scores, ids = scores[order], ids[order]
             keep = scores >= min_score
-            return scores[keep], ids[keep]
+            out[v] = (scores[keep], ids[keep])
+        pending = growing
         k = min(index.ntotal, k * 4, max_regions)
+    return out
 
 
 SEARCH_FIELDS = ("frame", "time", "box", "kind", "sample_frame", "sample_time")
