@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from vidsearch.config import Preset, with_overrides
-from vidsearch.dasr.query import crop_sizes, on_canvas, query_views
+from vidsearch.dasr.query import DISTINCT, MAX_VIEW_FRACTION, MIN_VIEW_PX, SIZE_STEP, crop_sizes, on_canvas, query_views
 from vidsearch.dasr.views import (KIND_FRAME, KIND_REGION, decode_long_side, frame_views, level_scales,
                                   merge_views, usable_levels)
 from vidsearch.errors import InputError
@@ -107,7 +107,7 @@ def test_default_sees_frames_from_480_px_as_tiles_enlarged_up_to_2_7x():
         assert decode_long_side(*size, default) == size[0]
     assert usable_levels(472, 354, default) == [1]  # 2.71x: one view, as before
     # a 24-px crop cut from 640x360 footage is also described at the 48 px it has in the tiles
-    assert crop_sizes((24, 24), [(640, 360)], default)[-1] == pytest.approx(48)
+    assert any(t == pytest.approx(48) for t in crop_sizes((24, 24), [(640, 360)], default))
 
 
 def test_small_preset_sees_full_hd_at_its_own_resolution_and_smaller_frames_enlarged():
@@ -122,15 +122,26 @@ def test_small_preset_sees_full_hd_at_its_own_resolution_and_smaller_frames_enla
     assert usable_levels(1280, 720, small) == [1, 3, 5]  # level 5 enlarged 1.6x
     assert usable_levels(640, 360, small) == usable_levels(640, 360, default) == [1, 3]  # 5 would be 3.2x
     # a 40-px crop cut from 1080p: also described at 43 px, the size it has in level-5 tiles
-    assert crop_sizes((40, 30), [(1920, 1080)], small)[-1] == pytest.approx(40 * 2048 / 1920)
+    assert any(t == pytest.approx(40 * 2048 / 1920) for t in crop_sizes((40, 30), [(1920, 1080)], small))
 
 
-def test_crop_views_at_the_sizes_the_crop_has_in_the_library():
-    # a 60-px crop from 1080p footage: 16 px at level 1, 28 px at level 2
-    assert crop_sizes((60, 40), [(1920, 1080)], TILED) == pytest.approx([60 * 512 / 1920, 60 * 896 / 1920])
-    assert crop_sizes((600, 400), [(1920, 1080)], TILED) == pytest.approx([160, 280])
-    assert crop_sizes((1080, 1920), [(1920, 1080)], TILED) == []  # as big as the frame: view 0 says it all
-    assert crop_sizes((20, 20), [(1920, 1080)], TILED) == []  # under MIN_VIEW_PX everywhere
+def test_crop_views_at_the_sizes_the_crop_has_in_the_library_and_between():
+    hi = MAX_VIEW_FRACTION * TILED.long_side
+    # crop, its own sizes (16 px at level 1, 28 px at level 2 for 60 px), the smallest size tried
+    for crop, own, floor in (((60, 40), [60 * 512 / 1920, 60 * 896 / 1920], MIN_VIEW_PX),
+                             ((600, 400), [160, 280], 80),
+                             ((1080, 1920), [], 256),  # as big as the frame: view 0 sees it at its size
+                             ((20, 20), [], MIN_VIEW_PX)):  # under MIN_VIEW_PX everywhere
+        sizes = crop_sizes(crop, [(1920, 1080)], TILED)
+        assert all(any(t == pytest.approx(o) for t in sizes) for o in own)  # its own sizes
+        # and the object nearer or farther: every size from half its smallest to the largest view
+        # 0 does not see is within one step of a view, no two views nearly the same
+        assert sizes == sorted(sizes) and floor <= sizes[0] < max(floor, MIN_VIEW_PX) * SIZE_STEP and sizes[-1] <= hi
+        assert hi / sizes[-1] <= SIZE_STEP
+        ratios = np.array(sizes[1:]) / np.array(sizes[:-1])
+        assert (ratios > DISTINCT).all() and (ratios <= SIZE_STEP * DISTINCT).all()
+    # the views between are the same for every crop; only its own sizes add to them
+    assert crop_sizes((20, 20), [(1920, 1080)], TILED) == pytest.approx([MIN_VIEW_PX * SIZE_STEP ** n for n in range(9)])
 
 
 def test_canvas_puts_the_crop_at_its_size_with_its_border_continued():
