@@ -233,3 +233,41 @@ def test_a_hit_whose_region_lies_elsewhere_takes_its_box_from_the_hits_beside_it
         assert hits[followed].box == list(truths[followed])  # a followed hit keeps the box its match found
     for k in range(3):
         assert hits[k].refined and iou(hits[k].box, truths[k]) > 0.6, (k, hits[k].box, truths[k])
+
+
+def test_two_wrong_boxes_side_by_side_are_set_right_from_the_end_of_the_run(engine):
+    """Four samples of a moving cup; the last two hits' regions are small boxes on the grass, so
+    their boxes come out the same wrong size and agree with each other. Frame 2 differs from
+    frame 1, which matched better, and is matched again near frame 1's box; then frame 3, whose
+    neighbour frame 2 is now right, is matched again near frame 2's (a second round)."""
+    from vidsearch.library import VideoRow
+    from vidsearch.queries import Query
+    from vidsearch.refine import same_size
+    from vidsearch.rerank import Matcher, refine_hits
+    from vidsearch.search import Hit, Segment
+
+    layer = refine_layer(engine)
+    query, qbox = scene_with("cup", 120, (100, 100), seed=1)
+    scenes = [scene_with("cup", 100, (260 + 25 * k, 150 + 10 * k), seed=2) for k in range(4)]
+    frames, truths = [f for f, _ in scenes], [t for _, t in scenes]
+    template = make_template(engine, layer, query, qbox)
+    grass = [[20.0, 300.0, 40.0, 320.0], [24.0, 296.0, 44.0, 316.0]]
+    alone = [refine_box(engine, layer, frames[2 + i], [template], grass[i]) for i in range(2)]
+    # alone, both are wrong and agree on their size: neither differs from its other neighbour
+    assert all(iou(a.box, truths[2 + i]) < 0.3 for i, a in enumerate(alone))
+    assert same_size(alone[0].side, alone[1].box)
+
+    def region(k):
+        if k >= 2:
+            return list(grass[k - 2])
+        x1, y1, x2, y2 = truths[k]
+        return [x1 - 30.0, y1 - 10.0, x2 + 20.0, y2 + 40.0]  # a rough region around the cup
+
+    video = VideoRow(1, "v.mp4", "k", 1, 0.0, 640, 360, "1", 4.0, 4, "h264", 0, True, None, 4, 8, "", "done", None)
+    hits = [Hit(float(k), k, region(k), 0.5 - k / 10, "region") for k in range(4)]
+    seg = Segment(video, 0.0, 4.0, hits)
+    matcher = Matcher(engine, [Query("q.png", tuple(float(v) for v in qbox), query)])
+    matcher.grabber = FramesGrabber(frames)
+    assert refine_hits(engine, [], [seg], limit=10, matcher=matcher) == []
+    for k in range(4):
+        assert hits[k].refined and iou(hits[k].box, truths[k]) > 0.6, (k, hits[k].box, truths[k])

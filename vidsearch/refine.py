@@ -44,6 +44,11 @@ ZOOMS = (0.25, 0.35, 0.5, 0.7, 1.0, 1.4, 2.0)  # object size / region size, trie
 # the zooms around it are tried (then half steps around the best, as always). The whole range
 # lets a part of the object, or a larger patch of texture, outscore it (bench/RESULTS.md).
 BESIDE_ZOOMS = (0.7, 1.0, 1.4)
+# A frame matched again beside a neighbour can set right the frame next to it, whose other
+# neighbour agreed with its wrong size: rounds of that per refine pass (each only where a box
+# changed). Measured on generated 1080p props (bench/RESULTS.md): the second round set right
+# boxes the first had left; more rounds decode the frames once more each.
+BESIDE_ROUNDS = 2
 CONTEXT = 1.0  # the searched window adds this many region sizes on every side
 MAX_SIDE = 640  # network pixels: a window is cut down around the region past this
 # The whole frame is matched (a box may leave its hit region) up to this many network pixels

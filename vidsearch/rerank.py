@@ -43,15 +43,17 @@ class Matcher:
             self.engine, self.layer, frame, self.templates, found[k][2]))
 
     def match_beside(self, pairs: list, anchors: dict[int, list], tick=None, near: dict | None = None) -> list:
-        """refine_box per (segment, hit), as match_all; then a frame whose object size jumps
-        from both its neighbours' in the segment (the nearest hits matched here before and after
-        it, and `anchors`: id(segment) -> [(time, box)] of hits placed already, trusted), where
-        a neighbour matched better, is matched again near that neighbour's box at about its size
-        (refine.BESIDE_ZOOMS), and takes that match where it is the better one. The size near a
-        hit region comes from a zoom the region vouches for; where the region lies beside the
-        object, or on a larger thing, it is the wrong size, and the box found at it is wrong too.
+        """refine_box per (segment, hit), as match_all; then a frame whose object size differs
+        from a neighbour's in the segment (the nearest hits matched here before and after it, and
+        `anchors`: id(segment) -> [(time, box)] of hits placed already, trusted) that matched
+        better is matched again near that neighbour's box at about its size (refine.BESIDE_ZOOMS),
+        and takes that match where it is the better one. The size near a hit region comes from a
+        zoom the region vouches for; where the region lies beside the object, or on a larger
+        thing, it is the wrong size, and the box found at it is wrong too. Two such frames side by
+        side agree with each other, so one differing neighbour is enough; and a frame fixed can
+        fix the next one: up to BESIDE_ROUNDS rounds, each only for boxes not looked near before.
         `near`: id(hit) -> refine_near's match near its region where re-ranking has it already."""
-        from .refine import BESIDE_ZOOMS, move_anywhere, refine_near, same_size
+        from .refine import BESIDE_ROUNDS, BESIDE_ZOOMS, move_anywhere, refine_near
 
         near = near or {}
 
@@ -61,7 +63,32 @@ class Matcher:
             return move_anywhere(self.engine, self.layer, frame, self.templates, own)
 
         out = self._on_frames(pairs, [None] * len(pairs), tick, first)
-        redo: dict[int, list] = {}  # pair -> the neighbours' boxes to look near
+        tried: set = set()  # (pair, neighbour's box) looked near already
+        for _ in range(BESIDE_ROUNDS):
+            redo = self._beside_boxes(pairs, anchors, out, tried)
+            if not redo:
+                break
+            order = sorted(redo)
+
+            def again(i: int, frame, order=order, redo=redo):
+                k = order[i]
+                other = max((refine_near(self.engine, self.layer, frame, self.templates, box, BESIDE_ZOOMS)
+                             for box in redo[k]), key=lambda m: m.score)
+                if other.score <= out[k].score:
+                    return out[k]
+                return move_anywhere(self.engine, self.layer, frame, self.templates, other)
+
+            for k, found in zip(order, self._on_frames([pairs[k] for k in order], [out[k] for k in order], None, again)):
+                out[k] = found
+        return out
+
+    @staticmethod
+    def _beside_boxes(pairs: list, anchors: dict[int, list], out: list, tried: set) -> dict[int, list]:
+        """pair -> the boxes of its nearest neighbours (before, after) that matched better than it
+        at another size, leaving out those in `tried` (which gains the rest)."""
+        from .refine import same_size
+
+        redo: dict[int, list] = {}
         for k, (seg, hit) in enumerate(pairs):
             if out[k] is None:
                 continue
@@ -69,24 +96,12 @@ class Matcher:
                       if s is seg and j != k and out[j] is not None and out[j].template >= 0]
             others += [(t, box, float("inf")) for t, box in anchors.get(id(seg), [])]
             beside = [n for n in _beside(others, hit.time) if n is not None]
-            if beside and all(not same_size(out[k].side, box) for _, box, _ in beside):
-                boxes = [box for _, box, score in beside if score > out[k].score]
-                if boxes:
-                    redo[k] = boxes
-
-        order = sorted(redo)
-
-        def again(i: int, frame):
-            k = order[i]
-            other = max((refine_near(self.engine, self.layer, frame, self.templates, box, BESIDE_ZOOMS)
-                         for box in redo[k]), key=lambda m: m.score)
-            if other.score <= out[k].score:
-                return out[k]
-            return move_anywhere(self.engine, self.layer, frame, self.templates, other)
-
-        for k, found in zip(order, self._on_frames([pairs[k] for k in order], [out[k] for k in order], None, again)):
-            out[k] = found
-        return out
+            boxes = [box for _, box, score in beside
+                     if score > out[k].score and not same_size(out[k].side, box) and (k, tuple(box)) not in tried]
+            if boxes:
+                redo[k] = boxes
+                tried.update((k, tuple(box)) for box in boxes)
+        return redo
 
     def _on_frames(self, items: list, out: list, tick, work) -> list:
         """out[k] = work(k, frame) for each item's hit frame (items start with (segment, hit));
@@ -180,10 +195,10 @@ def place_deferred(matcher: Matcher, deferred: list, segments: list, progress=No
 def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progress=None,
                 matcher: Matcher | None = None, deferred: list | None = None) -> list[str]:
     """Query-guided boxes (refine.py) on hit frames: each segment's best hit first, then the
-    others in segment order, up to `limit` frames. Where a box's size jumps from both its
-    neighbours' in the segment, it is looked for again near theirs (Matcher.match_beside): a hit
-    region can lie beside the object, or on a larger thing, and the box found near it is then the
-    wrong size and in the wrong place (bench/RESULTS.md). Followed hits (follow.py), found by a
+    others in segment order, up to `limit` frames. Where a box's size differs from that of a
+    neighbour in the segment that matched better, it is looked for again near the neighbour's
+    box (Matcher.match_beside): a hit region can lie beside the object, or on a larger thing,
+    and the box found near it is then the wrong size and in the wrong place (bench/RESULTS.md). Followed hits (follow.py), found by a
     match near their neighbour's box, keep theirs and count as neighbours; re-ranked hits
     (`deferred`, rerank_segments') are placed here from the match they have near their region,
     and those past `limit` get their whole-frame pass alone (place_deferred). Ranking and scores
