@@ -39,7 +39,7 @@ def main() -> None:
     index.add(x)
     q = x[rng.choice(len(x), args.views)] + 0.5 * rng.normal(size=(args.views, args.dim)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
-    print(f"| regions | views | cut | regions kept (batch / one by one) | batch ms | one by one ms | ratio |")
+    print("| regions | views | cut | regions kept (batch / one by one) | batch ms | one by one ms | ratio |")
     print("|---|---|---|---|---|---|---|")
     for cut in args.cuts:
         t = time.perf_counter()

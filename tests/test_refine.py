@@ -192,6 +192,21 @@ class FramesGrabber:
             yield k, self.frames[wanted[k][2]]
 
 
+def refine_segment(engine, query: np.ndarray, qbox, frames: list[np.ndarray], hits: list) -> None:
+    """refine_hits on one segment of `hits` on the made-up video of `frames`, one a second."""
+    from vidsearch.library import VideoRow
+    from vidsearch.queries import Query
+    from vidsearch.rerank import Matcher, refine_hits
+    from vidsearch.search import Segment
+
+    n = len(frames)
+    video = VideoRow(1, "v.mp4", "k", 1, 0.0, 640, 360, "1", float(n), n, "h264", 0, True, None, n, 2 * n, "", "done",
+                     None)
+    matcher = Matcher(engine, [Query("q.png", tuple(float(v) for v in qbox), query)])
+    matcher.grabber = FramesGrabber(frames)
+    assert refine_hits(engine, [], [Segment(video, 0.0, float(n), hits)], limit=10, matcher=matcher) == []
+
+
 @pytest.mark.parametrize("wrong,followed", [(1, None), (0, 2)])
 def test_a_hit_whose_region_lies_elsewhere_takes_its_box_from_the_hits_beside_it(engine, wrong, followed):
     """Three samples of a moving cup. One hit's region is a small box on the grass, too small for
@@ -200,10 +215,7 @@ def test_a_hit_whose_region_lies_elsewhere_takes_its_box_from_the_hits_beside_it
     neighbours', which matched better, so that frame is matched again near their boxes at about
     their size, and its box finds the cup, between two hits or before them."""
     from vidsearch.follow import FOLLOWED
-    from vidsearch.library import VideoRow
-    from vidsearch.queries import Query
-    from vidsearch.rerank import Matcher, refine_hits
-    from vidsearch.search import Hit, Segment
+    from vidsearch.search import Hit
 
     layer = refine_layer(engine)
     query, qbox = scene_with("cup", 120, (100, 100), seed=1)
@@ -222,13 +234,9 @@ def test_a_hit_whose_region_lies_elsewhere_takes_its_box_from_the_hits_beside_it
         x1, y1, x2, y2 = truths[k]
         return [x1 - 30.0, y1 - 10.0, x2 + 20.0, y2 + 40.0]  # a rough region around the cup
 
-    video = VideoRow(1, "v.mp4", "k", 1, 0.0, 640, 360, "1", 3.0, 3, "h264", 0, True, None, 3, 6, "", "done", None)
     hits = [Hit(float(k), k, region(k), 0.5 - k / 10, FOLLOWED if k == followed else "region", refined=k == followed)
             for k in range(3)]
-    seg = Segment(video, 0.0, 3.0, hits)
-    matcher = Matcher(engine, [Query("q.png", tuple(float(v) for v in qbox), query)])
-    matcher.grabber = FramesGrabber(frames)
-    assert refine_hits(engine, [], [seg], limit=10, matcher=matcher) == []
+    refine_segment(engine, query, qbox, frames, hits)
     if followed is not None:
         assert hits[followed].box == list(truths[followed])  # a followed hit keeps the box its match found
     for k in range(3):
@@ -240,11 +248,8 @@ def test_two_wrong_boxes_side_by_side_are_set_right_from_the_end_of_the_run(engi
     their boxes come out the same wrong size and agree with each other. Frame 2 differs from
     frame 1, which matched better, and is matched again near frame 1's box; then frame 3, whose
     neighbour frame 2 is now right, is matched again near frame 2's (a second round)."""
-    from vidsearch.library import VideoRow
-    from vidsearch.queries import Query
     from vidsearch.refine import same_size
-    from vidsearch.rerank import Matcher, refine_hits
-    from vidsearch.search import Hit, Segment
+    from vidsearch.search import Hit
 
     layer = refine_layer(engine)
     query, qbox = scene_with("cup", 120, (100, 100), seed=1)
@@ -263,11 +268,7 @@ def test_two_wrong_boxes_side_by_side_are_set_right_from_the_end_of_the_run(engi
         x1, y1, x2, y2 = truths[k]
         return [x1 - 30.0, y1 - 10.0, x2 + 20.0, y2 + 40.0]  # a rough region around the cup
 
-    video = VideoRow(1, "v.mp4", "k", 1, 0.0, 640, 360, "1", 4.0, 4, "h264", 0, True, None, 4, 8, "", "done", None)
     hits = [Hit(float(k), k, region(k), 0.5 - k / 10, "region") for k in range(4)]
-    seg = Segment(video, 0.0, 4.0, hits)
-    matcher = Matcher(engine, [Query("q.png", tuple(float(v) for v in qbox), query)])
-    matcher.grabber = FramesGrabber(frames)
-    assert refine_hits(engine, [], [seg], limit=10, matcher=matcher) == []
+    refine_segment(engine, query, qbox, frames, hits)
     for k in range(4):
         assert hits[k].refined and iou(hits[k].box, truths[k]) > 0.6, (k, hits[k].box, truths[k])

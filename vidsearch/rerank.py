@@ -198,11 +198,12 @@ def refine_hits(engine, queries: list[Query], segments, limit: int = 100, progre
     others in segment order, up to `limit` frames. Where a box's size differs from that of a
     neighbour in the segment that matched better, it is looked for again near the neighbour's
     box (Matcher.match_beside): a hit region can lie beside the object, or on a larger thing,
-    and the box found near it is then the wrong size and in the wrong place (bench/RESULTS.md). Followed hits (follow.py), found by a
-    match near their neighbour's box, keep theirs and count as neighbours; re-ranked hits
-    (`deferred`, rerank_segments') are placed here from the match they have near their region,
-    and those past `limit` get their whole-frame pass alone (place_deferred). Ranking and scores
-    stay; boxes change and say so. Returns notes for the user (frames that could not be decoded)."""
+    and the box found near it is then the wrong size and in the wrong place (bench/RESULTS.md).
+    Followed hits (follow.py), found by a match near their neighbour's box, keep theirs and
+    count as neighbours; re-ranked hits (`deferred`, rerank_segments') are placed here from the
+    match they have near their region, and those past `limit` get their whole-frame pass alone
+    (place_deferred). Ranking and scores stay; boxes change and say so. Returns notes for the user
+    (frames that could not be decoded)."""
     deferred = deferred or []
     waiting = {id(h): near for _, h, near in deferred}  # re-ranked hits and their match near the region
     order = [(s, s.best) for s in segments] + [(s, h) for s in segments for h in s.hits if h is not s.best]
