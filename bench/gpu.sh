@@ -278,8 +278,9 @@ if spy.exists():
     for line in spy.read_text().splitlines():
         stack, _, n = line.rpartition(" ")
         if n.isdigit():
+            where = stack.split(";")[-1]
             total += int(n)
-            own[stack.split(";")[-1]] = own.get(stack.split(";")[-1], 0) + int(n)
+            own[where] = own.get(where, 0) + int(n)
     lines += ["", "## pipeline: where the host's time goes (py-spy, own samples)", "", "| samples | share | line |", "|---|---|---|"]
     lines += [f"| {n} | {n / total:.0%} | {where} |" for where, n in sorted(own.items(), key=lambda kv: -kv[1])[:15]]
 (dest / "gpu.json").write_text(json.dumps(result, indent=2))
