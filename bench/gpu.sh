@@ -19,7 +19,8 @@
 #                          # 2: 10M-region search, the film with the fast preset, decoding (limits 310 s)
 #   device, a later task:  run 3 (carry .gpu-data: the two real videos, variants, small objects, torch.compile; limits 450 s;
 #                          on the H200 real 18 s, variants 23 s, compile 54 s, small cut at 150 s),
-#                          run 4 (carry .whl/3: Lite2, 5x5 tiles; limits 290 s), archive (50M search, CPU)
+#                          run 4 (carry .whl/3: Lite2, 5x5 tiles; limits 290 s), archive (50M search, CPU),
+#                          run 5 (cover rounds: engine variants and the pipeline side by side; limits 240 s)
 #
 # (A machine stays warm 30 s after a call; what the first calls installed into /tmp/site, and the
 # logs of earlier parts in /tmp/gpu-work, are still there for the next.) Each step has its own
@@ -94,7 +95,7 @@ case "$MODE" in
     fetch) fetch; exit $? ;;
     install) install; exit $? ;;
     run|archive) ;;
-    *) echo "usage: bash bench/gpu.sh [fetch|install|run [1|2|3|4|all]|archive]" >&2; exit 2 ;;
+    *) echo "usage: bash bench/gpu.sh [fetch|install|run [1|2|3|4|5|all]|archive]" >&2; exit 2 ;;
 esac
 
 [ -n "${GPU_SH_DRY:-}" ] || install || exit 1
@@ -203,6 +204,22 @@ if part 4; then
     step views-cost 90 python3 bench/dasr_variants.py "/tmp/smallset-$DEV" --frames 4 --device $DEV --views \
         --variant default --variant small --variant lite2
 fi
+if part 5; then
+    # 13. Rounds of predicted suppression (Preset.cover_round): a host sync per round waited for
+    #     about half the pipeline's host time on the H200 (py-spy, 2026-12-04). Fewer, larger rounds
+    #     against the default's 8 peaks per frame: the engine one frame at a time (box agreement with
+    #     the exact pass), then the film's pipeline on 1 minute of generated 1080p, side by side.
+    V=default:tiles=1:whole_frame=false:window=0:cover=0
+    W=default:tiles=1:whole_frame=false
+    step rounds 60 python3 bench/dasr_variants.py skimage --frames $FRAMES --device $DEV --variant $V --variant $W \
+        --variant $W:cover_round=16 --variant $W:cover_round=32 --variant $W:cover_round=64 --variant $W:cover=0
+    for r in 0 32 64; do
+        printf 'base = "default"\ncover_round = %s\n' $r > "$WORK/round$r.toml"
+        step rounds-$r 60 python3 bench/pipeline.py --device $DEV --preset "$WORK/round$r.toml" --minutes ${MINUTES%% *} \
+            --engine-frames $((FRAMES / 2)) --batch 16 --end-to-end --search-sizes --videos-dir "$WORK/videos" \
+            --json "$WORK/rounds-$r.json"
+    done
+fi
 kill $SMI 2>/dev/null
 
 python3 - "$WORK" "$OUT" <<'EOF'
@@ -267,7 +284,7 @@ for what, got, op, goal in targets:
     lines.append(f"| {what} | {'' if got is None else f'{got:.1f}'} | {op} {goal} | {met} |")
 result["targets"] = {what: got for what, got, _, _ in targets}
 for name in ("tests", "engine", "pipeline", "search", "pipeline-fast", "decode", "decode-4k", "real", "variants", "small", "compile", "small-more",
-             "views-cost"):
+             "views-cost", "rounds", "rounds-0", "rounds-32", "rounds-64"):
     log = out / f"{name}.log"
     if log.exists():
         tail = [l for l in log.read_text().splitlines() if l.startswith("|") or " passed" in l or " failed" in l]

@@ -416,6 +416,15 @@ def test_cover_skips_peaks_on_objects_already_found(lite0, device):
     again = padded.extract(frames)
     assert np.array_equal(again.frame, fast.frame) and np.allclose(again.boxes, fast.boxes, atol=1e-3)
     assert padded.counts == engine.counts
+    # one round as large as a frame's peaks: nothing is left to skip, so it is the exact pass
+    whole = Engine(Preset(long_side=384, cover=0.3, cover_round=10_000), device, backbone=lite0)
+    same = whole.extract(frames)
+    assert whole.counts["backpropagated"] == whole.counts["peaks"]
+    assert np.array_equal(same.frame, exact.frame) and np.allclose(same.boxes, exact.boxes, atol=1e-3)
+    # rounds of 32 skip fewer peaks than rounds of 8, more than none
+    wider = Engine(Preset(long_side=384, cover=0.3, cover_round=32), device, backbone=lite0)
+    wider.extract(frames)
+    assert engine.counts["backpropagated"] <= wider.counts["backpropagated"] <= whole.counts["backpropagated"]
 
 
 def test_cell_fractions_of_a_map():
@@ -437,8 +446,11 @@ def test_cover_is_checked_and_changes_the_fingerprint_only_when_on():
 
     with pytest.raises(InputError, match="cover must be in"):
         Preset(cover=1.5)
+    with pytest.raises(InputError, match="cover_round must be"):
+        Preset(cover=0.3, cover_round=-1)
     assert Preset().fingerprint() == "f01e4577b2f98c8a"  # as before cover existed: old libraries match
     assert Preset(cover=0.3).fingerprint() != Preset().fingerprint()  # other regions, other libraries
+    assert Preset(cover=0.3, cover_round=32).fingerprint() != Preset(cover=0.3).fingerprint()
 
 
 def test_safe_inverse_is_one_over_z_where_z_is_positive_else_zero():

@@ -64,6 +64,10 @@ class Preset:
     # largest cell (it lies on an object already found; NMS would almost always remove its box).
     # 0 = every peak goes through (exact).
     cover: float = 0.0
+    # Peaks per frame per round of predicted suppression; 0 = the engine's (8). Smaller rounds skip
+    # more peaks (a round's peaks cannot skip one another); larger ones wait on the device less
+    # often (a host sync per round) and fill its batches better.
+    cover_round: int = 0
     dtype: str = "fp32"
     pooling: str = "avg"
     whiten: bool = False  # measured on instance-dev: learned whitening hurt (bench/RESULTS.md)
@@ -112,6 +116,8 @@ class Preset:
             raise InputError(f"preset {self.name!r}: window must be 0 (off) or a number of cells, got {self.window}")
         if not 0.0 <= self.cover <= 1.0:
             raise InputError(f"preset {self.name!r}: cover must be in [0, 1] (0 = off), got {self.cover}")
+        if self.cover_round < 0:
+            raise InputError(f"preset {self.name!r}: cover_round must be 0 (the engine's) or a number of peaks, got {self.cover_round}")
         if self.long_side < 64:
             raise InputError(f"preset {self.name!r}: long_side must be at least 64")
         if self.sample_fps <= 0:
@@ -127,6 +133,8 @@ class Preset:
         }
         if not self.cover:  # added later: presets without it keep the fingerprint they had
             del fields["cover"]
+        if not self.cover_round:  # added later, likewise
+            del fields["cover_round"]
         blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

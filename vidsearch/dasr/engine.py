@@ -21,8 +21,9 @@ from .views import KIND_FRAME, frame_views, merge_views
 
 
 CPU_PEAK_CHUNK, GPU_PEAK_CHUNK = 16, 64  # peaks per back-propagation batch (Preset.peak_chunk = 0)
-# Peaks per frame per round of predicted suppression (Preset.cover): smaller rounds skip more
-# peaks (each round's peaks cannot skip one another), larger ones fill the batches better.
+# Peaks per frame per round of predicted suppression (Preset.cover; Preset.cover_round = 0):
+# smaller rounds skip more peaks (each round's peaks cannot skip one another), larger ones fill
+# the batches better and wait on the device less often.
 COVER_ROUND = 8
 
 
@@ -101,6 +102,7 @@ class Engine:
         on_cpu = self.device.type == "cpu"
         self.rules = Rules(preset.residual, preset.maxpool, preset.stop, preset.dtype, channels_last=on_cpu)
         self.peak_chunk = preset.peak_chunk or (CPU_PEAK_CHUNK if on_cpu else GPU_PEAK_CHUNK)
+        self.cover_round = preset.cover_round or COVER_ROUND
         self.pad_chunks = not on_cpu  # back-propagation batches padded to a few sizes (see extract)
         if on_cpu:
             keep_freed_memory()
@@ -260,7 +262,7 @@ class Engine:
     def _uncovered(self, tape: Tape, peak_map: torch.Tensor, pos: torch.Tensor, scores: torch.Tensor,
                    peak_frame: np.ndarray, mass: float) -> tuple[torch.Tensor, torch.Tensor]:
         """Predicted suppression (preset `cover`): the peaks of each frame go through best first,
-        COVER_ROUND per frame at a time; NMS on what has gone through so far is already final
+        `cover_round` per frame at a time; NMS on what has gone through so far is already final
         for those peaks (greedy NMS decides a box by the better ones only), and a peak still
         waiting is skipped where a kept region's map at its cell is at least `cover` of that
         map's largest cell: it sits on an object already found, and NMS would almost always
@@ -274,7 +276,7 @@ class Engine:
         frame = torch.from_numpy(peak_frame).to(self.device)
         starts = np.searchsorted(peak_frame, np.arange(int(peak_frame.max(initial=-1)) + 2))
         while True:
-            take = np.concatenate([np.flatnonzero(waiting[a:b])[:COVER_ROUND] + a for a, b in zip(starts[:-1], starts[1:])]
+            take = np.concatenate([np.flatnonzero(waiting[a:b])[: self.cover_round] + a for a, b in zip(starts[:-1], starts[1:])]
                                   + [np.zeros(0, dtype=np.int64)])
             if take.size == 0:
                 break
