@@ -74,6 +74,29 @@ def test_ivf_with_exact_rescoring_matches_flat(data):
     assert np.allclose(s_ivf, s_exact, atol=1e-5)
 
 
+def test_ivf_past_the_first_k_rescores_only_candidates_near_the_threshold(data):
+    """Past the first k, the rest come from one range search down to the threshold less the
+    margin: the same regions as exact search, and only those candidates read for re-scoring."""
+    v, q = data
+    inner = faiss.index_factory(32, "IVF64,SQ8", faiss.METRIC_INNER_PRODUCT)
+    inner.train(v)
+    inner.nprobe = 64
+    index = faiss.IndexIDMap2(inner)
+    index.add_with_ids(v, region_ids(1, len(v)))
+    read = []
+
+    def exact(ids, qq):
+        read.append(len(ids))
+        return v[ids & 0xFFFFFFFF] @ qq
+
+    s_exact, ids_exact = retrieve(flat_index(v), q, 0.25)
+    s_ivf, ids_ivf = retrieve(index, q, 0.25, exact=exact)
+    assert len(ids_exact) > 1024 and set(ids_ivf.tolist()) == set(ids_exact.tolist())
+    assert np.allclose(s_ivf, s_exact, atol=1e-5)
+    near = int(((v @ q) >= 0.25 - 0.02 - 0.01).sum())  # the margin, and the 8-bit codes' error
+    assert len(read) == 1 and len(ids_exact) <= read[0] <= near  # one query, one read
+
+
 def _video():
     return VideoRow(1, "/v.mp4", "k", 1, 0.0, 640, 360, "24", 20.0, 480, "h264", 0, True, None, 20, 0, "", "done", None)
 

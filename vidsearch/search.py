@@ -122,6 +122,7 @@ def robust_stats(values) -> tuple[float, float]:
 
 
 RELATIVE = 0.6  # the automatic rule's share of the best match (auto_thresholds)
+FIRST_K = 1024  # retrieve's first search; views with more matches than this go on as a range search
 
 
 class Unclear(NamedTuple):
@@ -191,42 +192,40 @@ def retrieve(index, q: np.ndarray, min_score: float, max_regions: int = 200_000,
 
 def _retrieve_views(index, q: np.ndarray, min_score: float, max_regions: int, max_k: int | None,
                     exact, margin: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Per view, all regions scoring >= min_score (up to max_regions), best first: grow k until
-    the k-th score falls below the threshold, so nothing above it is missed. The views still
-    growing are searched together, one batch per k (a crop has about ten views; one batched
-    search costs about what one view's does).
+    """Per view, all regions scoring >= min_score (up to max_regions), best first: one search for
+    the best FIRST_K, which is all of them where its last score falls below the threshold (most
+    queries); the views with more are searched again together as one range search down to the
+    threshold, one scan of what the index reads (a crop has about ten views; searches with ever
+    larger k scanned it anew each time, the largest with a heap of its k, most of the cost of a
+    query with many matches in a 10M-region library).
 
-    max_k: the largest k one search may ask for (GPU indexes allow 2048); past it the search
-    goes on as range search. exact: rescoring of candidates from stored vectors, for indexes
-    with approximate codes; candidates are then taken down to min_score - margin first."""
+    max_k: the largest k one search may ask for (GPU indexes allow 2048). exact: rescoring of
+    candidates from stored vectors, for indexes with approximate codes; candidates are then taken
+    down to min_score - margin first."""
     cut = min_score - margin if exact is not None else min_score
-    k = min(index.ntotal, 1024, max_k or 1024)
-    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * len(q)
-    pending = list(range(len(q)))
-    while pending:
-        found = index.search(np.ascontiguousarray(q[pending]), k)
-        growing = []
-        for row, v in enumerate(pending):
-            valid = found[1][row] >= 0
-            scores, ids = found[0][row][valid], found[1][row][valid]
-            done = k >= index.ntotal or k >= max_regions or (len(scores) and scores[-1] < cut)
-            if not done and max_k is not None and k >= max_k:
-                lims, dist, labels = index.range_search(q[v][None], cut)
-                scores, ids = dist[lims[0] : lims[1]], labels[lims[0] : lims[1]]
-                order = np.argsort(-scores, kind="stable")[:max_regions]
-                scores, ids = scores[order], ids[order]
-                done = True
-            if not done:
-                growing.append(v)
-                continue
-            if exact is not None and len(ids):
-                scores = exact(ids, q[v])
-                order = np.argsort(-scores, kind="stable")
-                scores, ids = scores[order], ids[order]
-            keep = scores >= min_score
-            out[v] = (scores[keep], ids[keep])
-        pending = growing
-        k = min(index.ntotal, k * 4, max_regions)
+    k = min(index.ntotal, FIRST_K, max_k or FIRST_K)
+    found = index.search(np.ascontiguousarray(q), k)
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    more = []
+    for v in range(len(q)):
+        valid = found[1][v] >= 0
+        scores, ids = found[0][v][valid], found[1][v][valid]
+        if k < index.ntotal and k < max_regions and not (len(scores) and scores[-1] < cut):
+            more.append(v)
+        out.append((scores[scores >= cut], ids[scores >= cut]))
+    if more:
+        lims, dist, labels = index.range_search(np.ascontiguousarray(q[more]), cut)
+        for row, v in enumerate(more):
+            scores, ids = dist[lims[row] : lims[row + 1]], labels[lims[row] : lims[row + 1]]
+            order = np.argsort(-scores, kind="stable")[:max_regions]
+            out[v] = (scores[order], ids[order])
+    for v, (scores, ids) in enumerate(out):
+        if exact is not None and len(ids):
+            scores = exact(ids, q[v])
+            order = np.argsort(-scores, kind="stable")
+            scores, ids = scores[order], ids[order]
+        keep = scores >= min_score
+        out[v] = (scores[keep], ids[keep])
     return out
 
 
