@@ -276,6 +276,8 @@ def film(name):
     if len(v) < 2 or v[-1]["duration_s"] <= v[0]["duration_s"]:
         return None
     per_s = (v[-1]["end_to_end_s"] - v[0]["end_to_end_s"]) / (v[-1]["duration_s"] - v[0]["duration_s"])
+    if per_s <= 0:  # the longer file cost less (start-up in the first): the longer one's own rate
+        return 7200 * v[-1]["end_to_end_s"] / v[-1]["duration_s"]
     return v[0]["end_to_end_s"] + (7200 - v[0]["duration_s"]) * per_s
 
 
