@@ -17,6 +17,15 @@ def flat_index(vectors, video=1):
     return index
 
 
+def ivf_index(vectors, video=1):
+    inner = faiss.index_factory(vectors.shape[1], "IVF64,SQ8", faiss.METRIC_INNER_PRODUCT)
+    inner.train(vectors)
+    inner.nprobe = 64  # all lists: only the 8-bit codes differ from exact
+    index = faiss.IndexIDMap2(inner)
+    index.add_with_ids(vectors, region_ids(video, len(vectors)))
+    return index
+
+
 @pytest.fixture(scope="module")
 def data():
     rng = np.random.default_rng(0)
@@ -59,11 +68,7 @@ def test_views_searched_together_find_what_each_view_finds_alone(data):
 
 def test_ivf_with_exact_rescoring_matches_flat(data):
     v, q = data
-    inner = faiss.index_factory(32, "IVF64,SQ8", faiss.METRIC_INNER_PRODUCT)
-    inner.train(v)
-    inner.nprobe = 64  # all lists: only the 8-bit codes differ from exact
-    index = faiss.IndexIDMap2(inner)
-    index.add_with_ids(v, region_ids(1, len(v)))
+    index = ivf_index(v)
 
     def exact(ids, qq):
         return v[ids & 0xFFFFFFFF] @ qq
@@ -78,11 +83,7 @@ def test_ivf_past_the_first_k_rescores_only_candidates_near_the_threshold(data):
     """Past the first k, the rest come from one range search down to the threshold less the
     margin: the same regions as exact search, and only those candidates read for re-scoring."""
     v, q = data
-    inner = faiss.index_factory(32, "IVF64,SQ8", faiss.METRIC_INNER_PRODUCT)
-    inner.train(v)
-    inner.nprobe = 64
-    index = faiss.IndexIDMap2(inner)
-    index.add_with_ids(v, region_ids(1, len(v)))
+    index = ivf_index(v)
     read = []
 
     def exact(ids, qq):

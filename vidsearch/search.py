@@ -212,7 +212,8 @@ def _retrieve_views(index, q: np.ndarray, min_score: float, max_regions: int, ma
         scores, ids = found[0][v][valid], found[1][v][valid]
         if k < index.ntotal and k < max_regions and not (len(scores) and scores[-1] < cut):
             more.append(v)
-        out.append((scores[scores >= cut], ids[scores >= cut]))
+        near = scores >= cut
+        out.append((scores[near], ids[near]))
     if more:
         lims, dist, labels = index.range_search(np.ascontiguousarray(q[more]), cut)
         for row, v in enumerate(more):
