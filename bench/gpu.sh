@@ -21,7 +21,8 @@
 #                          on the H200 real 18 s, variants 23 s, compile 54 s, small cut at 150 s),
 #                          run 4 (carry .whl/3: Lite2, 5x5 tiles; limits 290 s), archive (50M search, CPU),
 #                          run 5 (cover rounds: engine variants and the pipeline side by side; limits 180 s),
-#                          search (part 2's 10M search alone, one call carrying .whl/2; limit 180 s)
+#                          search (part 2's 10M search alone, one call carrying .whl/2; limit 180 s),
+#                          run 6 (tiles per engine pass: the default's film at --batch 8/16/32/64; limits 240 s)
 #
 # (A machine stays warm 30 s after a call; what the first calls installed into /tmp/site, and the
 # logs of earlier parts in /tmp/gpu-work, are still there for the next.) Each step has its own
@@ -102,7 +103,7 @@ case "$MODE" in
     fetch) fetch; exit $? ;;
     install) install; exit $? ;;
     run|archive|search) ;;
-    *) echo "usage: bash bench/gpu.sh [fetch|install|run [1|2|3|4|5|all]|archive|search]" >&2; exit 2 ;;
+    *) echo "usage: bash bench/gpu.sh [fetch|install|run [1|2|3|4|5|6|all]|archive|search]" >&2; exit 2 ;;
 esac
 
 [ -n "${GPU_SH_DRY:-}" ] || install || exit 1
@@ -236,6 +237,18 @@ if part 5; then
             --json "$WORK/rounds-${v%%:*}.json"
     done
 fi
+if part 6; then
+    # 14. More tiles per engine pass: `index` passes as many tiles at a time as frames in its batch
+    #     (`--batch`, 8 by default on every device), so 1080p's 9 tiles per frame go 8 or 16 at a
+    #     time; the GPU was 19-34 % busy in the pipeline (H200, 2026-12-04). The default preset on
+    #     1 minute of generated 1080p, end to end, at batches of 8 (index's default), 16 (the runs so
+    #     far), 32 and 64, side by side: whether a larger default batch on a GPU pays.
+    for b in 8 16 32 64; do
+        step "batch-$b" 60 python3 bench/pipeline.py --device $DEV --preset $PRESET --minutes ${MINUTES%% *} \
+            --engine-frames $((FRAMES / 2)) --batch $b --end-to-end --search-sizes --videos-dir "$WORK/videos" \
+            --json "$WORK/batch-$b.json"
+    done
+fi
 kill $SMI 2>/dev/null
 
 python3 - "$WORK" "$OUT" <<'EOF'
@@ -302,7 +315,7 @@ for what, got, op, goal in targets:
     lines.append(f"| {what} | {'' if got is None else f'{got:.1f}'} | {op} {goal} | {met} |")
 result["targets"] = {what: got for what, got, _, _ in targets}
 for name in ("tests", "engine", "pipeline", "search", "pipeline-fast", "decode", "decode-4k", "real", "variants", "small", "compile", "small-more",
-             "views-cost", "rounds", "rounds-round8", "rounds-cover0"):
+             "views-cost", "rounds", "rounds-round8", "rounds-cover0", "batch-8", "batch-16", "batch-32", "batch-64"):
     log = out / f"{name}.log"
     if log.exists():
         tail = [l for l in log.read_text().splitlines() if l.startswith("|") or " passed" in l or " failed" in l]
