@@ -260,10 +260,9 @@ def scored_regions(scores: dict[int, float], n_frames: int = 100, seed: int = 0)
 
 def test_segments_whose_match_decides_are_taken_at_the_background_cut_the_rest_at_the_full_threshold(tmp_path):
     """Background regions score within +-0.05 (robust sigma about 0.037), so the background's
-    cut (MATCH_SIGMAS = 2) is about 0.074 and the full threshold (6 sigmas always count) about
-    0.22. Hits at 0.16, and at 0.09 (under 3 sigmas, 0.11), join the first `match_depth` segments
-    only; past them, segments keep only the hits above the full threshold (regrouped), and one
-    with none goes."""
+    cut is about 0.11 and the full threshold (6 sigmas always count) about 0.22. Hits at 0.16
+    join the first `match_depth` segments only; past them, segments keep only the hits above the
+    full threshold (regrouped), and one with none goes."""
     from vidsearch.config import Preset
     from vidsearch.library import Library
     from vidsearch.search import search
@@ -271,7 +270,7 @@ def test_segments_whose_match_decides_are_taken_at_the_background_cut_the_rest_a
     lib = Library.open(tmp_path / "lib", create=True)
     with lib.writer():
         lib.adopt_preset(Preset(name="flat", whiten=False))
-        desc, q = scored_regions({10: 0.9, 11: 0.16, 12: 0.16, 13: 0.09, 50: 0.8, 51: 0.16, 80: 0.16, 81: 0.16,
+        desc, q = scored_regions({10: 0.9, 11: 0.16, 12: 0.16, 50: 0.8, 51: 0.16, 80: 0.16, 81: 0.16,
                                   90: 0.7, 91: 0.16, 93: 0.6})
         commit_regions(lib, "scored", desc)
         index, _ = lib.load_index(save=True)
@@ -283,8 +282,8 @@ def test_segments_whose_match_decides_are_taken_at_the_background_cut_the_rest_a
     assert spans(plain) == [[10], [50], [90], [93]] and plain.match_threshold is None
     assert 0.16 < plain.threshold < 0.6
     deep = search(lib, index, q, top=10, match_depth=2)
-    assert spans(deep) == [[10, 11, 12, 13], [50, 51], [90], [93]]  # 80-81 (only 0.16) goes; 90-93 regrouped
-    assert 0.05 < deep.match_threshold < 0.09 and deep.threshold == pytest.approx(plain.threshold)
+    assert spans(deep) == [[10, 11, 12], [50, 51], [90], [93]]  # 80-81 (only 0.16) goes; 90-93 regrouped
+    assert 0.05 < deep.match_threshold < 0.16 and deep.threshold == pytest.approx(plain.threshold)
     assert deep.segments[1].end == 52.0  # the segment ends where the sample after its last hit begins
     # an explicit --min-score is one cut for all
     fixed = search(lib, index, q, top=10, min_score=0.1, match_depth=2)

@@ -122,12 +122,6 @@ def robust_stats(values) -> tuple[float, float]:
 
 
 RELATIVE = 0.6  # the automatic rule's share of the best match (auto_thresholds)
-# Segments whose match with the query decides (verify.py) are taken where their hits beat the
-# background by this many robust sigmas, not the 3 that decide alone: a small crop's region
-# scores spread wide over the library, and its object's regions can lie at 2-3 sigmas while the
-# match still tells them apart. Measured with find_real.py, crop queries, against 3 (bench/RESULTS.md):
-# generated 1080p props recall 0.815 -> 0.879 at precision 0.958 -> 0.944; find's time the same.
-MATCH_SIGMAS = 2.0
 FIRST_K = 1024  # retrieve's first search; views with more matches than this go on as a range search
 
 
@@ -153,9 +147,9 @@ def auto_threshold(index, q: np.ndarray, background: np.ndarray | None = None) -
 
 def auto_thresholds(index, q: np.ndarray, background: np.ndarray | None = None
                     ) -> tuple[float, float, str | None, Unclear | None]:
-    """The automatic threshold (auto_threshold), the background's cut alone (MATCH_SIGMAS robust
-    sigmas, without the 60 %-of-best cut: for segments whose match with the query decides,
-    verify.py), the note, and where the best match does not stand out, the score to suggest instead (the
+    """The automatic threshold (auto_threshold), the background's cut alone (3 robust sigmas,
+    without the 60 %-of-best cut: for segments whose match with the query decides, verify.py),
+    the note, and where the best match does not stand out, the score to suggest instead (the
     60 %-of-best cut alone). On generated 1080p clips of 40-100 px props the 60 %-of-best cut
     drops a third of the frames that show the object (bench/RESULTS.md): a small object's region
     score is mostly background, so it is the best match's score that varies, not the object's."""
@@ -163,7 +157,7 @@ def auto_thresholds(index, q: np.ndarray, background: np.ndarray | None = None
     best = float(index.search(as_views(q), 1)[0][:, 0].max())
     rule = max(med + 3 * sigma, min(med + 6 * sigma, RELATIVE * best))
     if rule <= best:
-        return rule, med + MATCH_SIGMAS * sigma, None, None  # the rule is never below it
+        return rule, med + 3 * sigma, None, None  # the rule is never below it
     unclear = Unclear(best, med, sigma, math.floor(100 * RELATIVE * best) / 100)
     return best, best, unclear_note(unclear), unclear
 
