@@ -97,6 +97,14 @@ search_step() {
     step search 180 python3 bench/archive.py --sizes $SEARCH --index ivf --layout-only --json "$WORK/search.json"
 }
 
+film_step() {
+    # film_step NAME PRESET BATCH: the pipeline on the first (1-minute) generated 1080p video, end
+    # to end, for configurations compared side by side (parts 5 and 6).
+    step "$1" 60 python3 bench/pipeline.py --device $DEV --preset "$2" --minutes ${MINUTES%% *} \
+        --engine-frames $((FRAMES / 2)) --batch "$3" --end-to-end --search-sizes --videos-dir "$WORK/videos" \
+        --json "$WORK/$1.json"
+}
+
 MODE=${1:-run}
 PART=${2:-all}
 case "$MODE" in
@@ -232,9 +240,7 @@ if part 5; then
     #     9.8 s against 7.5 s; what is left to see is whether no prediction at all, cover 0, is faster.)
     for v in "round8:cover_round = 8" "cover0:cover = 0.0"; do
         printf 'base = "default"\n%s\n' "${v#*:}" > "$WORK/${v%%:*}.toml"
-        step "rounds-${v%%:*}" 60 python3 bench/pipeline.py --device $DEV --preset "$WORK/${v%%:*}.toml" --minutes ${MINUTES%% *} \
-            --engine-frames $((FRAMES / 2)) --batch 16 --end-to-end --search-sizes --videos-dir "$WORK/videos" \
-            --json "$WORK/rounds-${v%%:*}.json"
+        film_step "rounds-${v%%:*}" "$WORK/${v%%:*}.toml" 16
     done
 fi
 if part 6; then
@@ -244,9 +250,7 @@ if part 6; then
     #     1 minute of generated 1080p, end to end, at batches of 8 (index's default), 16 (the runs so
     #     far), 32 and 64, side by side: whether a larger default batch on a GPU pays.
     for b in 8 16 32 64; do
-        step "batch-$b" 60 python3 bench/pipeline.py --device $DEV --preset $PRESET --minutes ${MINUTES%% *} \
-            --engine-frames $((FRAMES / 2)) --batch $b --end-to-end --search-sizes --videos-dir "$WORK/videos" \
-            --json "$WORK/batch-$b.json"
+        film_step "batch-$b" "$PRESET" $b
     done
 fi
 kill $SMI 2>/dev/null
