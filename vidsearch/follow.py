@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .library import Library
-from .search import Hit, Segment
+from .search import Hit, Segment, group_segments
 from .verify import SIGMAS, Verdict
 
 SHARE = 0.5  # frame_cut: as verification's (verify.SHARE)
@@ -56,6 +56,35 @@ def frame_cut(v: Verdict) -> float:
     """The match a followed frame needs: SHARE of the way from the background's median to the
     best match, and at least 3 robust sigmas above that median."""
     return max(v.background + SIGMAS * v.sigma, v.background + SHARE * (v.best - v.background))
+
+
+def keep_matched_hits(lib: Library, segments: list[Segment], verdict: Verdict | None,
+                      sure: float) -> list[Segment]:
+    """The segments less their weak hits (region score below `sure`, search.SURE_SIGMAS) that
+    their own match does not vouch for. Segments whose match decides are taken deeper than
+    `sure` (search.MATCH_SIGMAS), and a weak hit joins frames to a segment that the segment's
+    match, made on its best hits only, says nothing about: one where the object has left
+    (bench/RESULTS.md). So a weak hit stays only where re-ranking matched it and the match passes
+    the cut a followed frame needs (frame_cut; in a segment kept as the best although nothing
+    stood out, where it is that best match); without a verdict none stays. A segment left with
+    samples missed beyond the bridge splits into its runs, each with its match, in its place; one
+    left with no hit goes. Following then matches the samples dropped here near the box of the
+    hit beside them (follow_segments)."""
+    cut = frame_cut(verdict) if verdict is not None else None
+    out: list[Segment] = []
+    for seg in segments:
+        need = None if cut is None or seg.match is None else min(cut, seg.match)
+        kept = [h for h in seg.hits if h.score >= sure or h.kind == FOLLOWED
+                or (need is not None and h.match is not None and h.match >= need)]
+        if len(kept) == len(seg.hits):
+            out.append(seg)
+            continue
+        shard = lib.load_shard(seg.video.id, ("sample_frame", "sample_time"))
+        for run in group_segments(seg.video, {h.frame: h for h in kept}, shard["sample_frame"], shard["sample_time"],
+                                  BRIDGE):
+            run.snap, run.match = seg.snap, seg.match
+            out.append(run)
+    return out
 
 
 def follow_segments(lib: Library, matcher, segments: list[Segment], verdict: Verdict, q: np.ndarray, budget: int,
