@@ -367,9 +367,12 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
                 result.segments, verdict, verify_notes = verify_matches(lib, videos, matcher, result.segments, gpu,
                                                                         progress)
                 notes += verify_notes
-                if result.sure_threshold is not None:  # weak hits stay where their own match vouches for them
-                    result.segments = keep_matched_hits(lib, result.segments, verdict, result.sure_threshold)
                 budget = FOLLOW_FRAMES["cuda" if gpu else "cpu"] if follow is None else follow
+                if result.sure_threshold is not None:  # weak hits stay where their own match vouches for them
+                    result.segments, spent, weak_notes = keep_matched_hits(
+                        lib, matcher, result.segments, verdict, result.sure_threshold, budget, progress)
+                    budget -= spent
+                    notes += weak_notes
                 if verdict is not None and budget:
                     result.segments, follow_notes = follow_segments(lib, matcher, result.segments, verdict, qv,
                                                                     budget, progress)

@@ -58,22 +58,44 @@ def frame_cut(v: Verdict) -> float:
     return max(v.background + SIGMAS * v.sigma, v.background + SHARE * (v.best - v.background))
 
 
-def keep_matched_hits(lib: Library, segments: list[Segment], verdict: Verdict | None,
-                      sure: float) -> list[Segment]:
+def hit_cut(v: Verdict) -> float:
+    """The match a weak hit needs (keep_matched_hits): 3 robust sigmas above the background's
+    median. It has region evidence a followed frame lacks, so the match need only stand out from
+    the background, not reach halfway to the best: a 40 px copy of the object matches well below
+    a 100 px one, and halfway to the best dropped such copies' frames (bench/RESULTS.md)."""
+    return v.background + SIGMAS * v.sigma
+
+
+def keep_matched_hits(lib: Library, matcher, segments: list[Segment], verdict: Verdict | None, sure: float,
+                      budget: int, progress=None) -> tuple[list[Segment], int, list[str]]:
     """The segments less their weak hits (region score below `sure`, search.SURE_SIGMAS) that
     their own match does not vouch for. Segments whose match decides are taken deeper than
     `sure` (search.MATCH_SIGMAS), and a weak hit joins frames to a segment that the segment's
     match, made on its best hits only, says nothing about: one where the object has left
-    (bench/RESULTS.md). So a weak hit stays only where re-ranking matched it and the match passes
-    the cut a followed frame needs (frame_cut; in a segment kept as the best although nothing
-    stood out, where it is that best match); without a verdict none stays. A segment left with
+    (bench/RESULTS.md). So in a segment verification kept, each weak hit is matched with the
+    query near its region, as re-ranking matched the best ones (at most `budget` frames, segments
+    in order, each's best hits first), and stays where the match passes hit_cut, boxed where the
+    match found the object. In a segment kept as the best although nothing stood out, only that
+    best match stays; without a verdict, or past the budget, no weak hit does. A segment left with
     samples missed beyond the bridge splits into its runs, each with its match, in its place; one
-    left with no hit goes. Following then matches the samples dropped here near the box of the
-    hit beside them (follow_segments)."""
-    cut = frame_cut(verdict) if verdict is not None else None
+    left with no hit goes. Following matches the samples dropped here again, near the box of the
+    hit beside them (follow_segments). Returns the segments, the frames matched and notes."""
+    verified = [s for s in segments if verdict is not None and s.match is not None and s.match >= verdict.cut]
+    todo = [(s, h) for s in verified for h in sorted(s.hits, key=lambda h: -h.score)
+            if h.score < sure and h.kind != FOLLOWED and h.match is None]
+    left = max(len(todo) - budget, 0)
+    todo = todo[:budget]
+    tick = progress("checking weak hits", len(todo)) if progress and todo else None
+    for (_, hit), found in zip(todo, matcher.match_all(todo, tick, boxes=False) if todo else []):
+        if found is not None:
+            hit.match = found.score
+            hit.box, hit.refined = list(found.box), True
     out: list[Segment] = []
     for seg in segments:
-        need = None if cut is None or seg.match is None else min(cut, seg.match)
+        if verdict is None or seg.match is None:
+            need = None
+        else:
+            need = hit_cut(verdict) if seg.match >= verdict.cut else seg.match
         kept = [h for h in seg.hits if h.score >= sure or h.kind == FOLLOWED
                 or (need is not None and h.match is not None and h.match >= need)]
         if len(kept) == len(seg.hits):
@@ -84,7 +106,8 @@ def keep_matched_hits(lib: Library, segments: list[Segment], verdict: Verdict | 
                                   BRIDGE):
             run.snap, run.match = seg.snap, seg.match
             out.append(run)
-    return out
+    notes = [f"{left} weak hit(s) of verified segments left out unmatched: --follow N matches more"] if left else []
+    return out, len(todo), notes
 
 
 def follow_segments(lib: Library, matcher, segments: list[Segment], verdict: Verdict, q: np.ndarray, budget: int,
