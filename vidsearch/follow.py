@@ -58,14 +58,6 @@ def frame_cut(v: Verdict) -> float:
     return max(v.background + SIGMAS * v.sigma, v.background + SHARE * (v.best - v.background))
 
 
-def hit_cut(v: Verdict) -> float:
-    """The match a weak hit needs (keep_matched_hits): 3 robust sigmas above the background's
-    median. It has region evidence a followed frame lacks, so the match need only stand out from
-    the background, not reach halfway to the best: a 40 px copy of the object matches well below
-    a 100 px one, and halfway to the best dropped such copies' frames (bench/RESULTS.md)."""
-    return v.background + SIGMAS * v.sigma
-
-
 def keep_matched_hits(lib: Library, matcher, segments: list[Segment], verdict: Verdict | None, sure: float,
                       budget: int, progress=None) -> tuple[list[Segment], int, list[str]]:
     """The segments less their weak hits (region score below `sure`, search.SURE_SIGMAS) that
@@ -74,8 +66,8 @@ def keep_matched_hits(lib: Library, matcher, segments: list[Segment], verdict: V
     match, made on its best hits only, says nothing about: one where the object has left
     (bench/RESULTS.md). So in a segment verification kept, each weak hit is matched with the
     query near its region, as re-ranking matched the best ones (at most `budget` frames, segments
-    in order, each's best hits first), and stays where the match passes hit_cut, boxed where the
-    match found the object. In a segment kept as the best although nothing stood out, only that
+    in order, each's best hits first), and stays where the match passes the cut a followed frame
+    needs (frame_cut), boxed where the match found the object. In a segment kept as the best although nothing stood out, only that
     best match stays; without a verdict, or past the budget, no weak hit does. A segment left with
     samples missed beyond the bridge splits into its runs, each with its match, in its place; one
     left with no hit goes. Following matches the samples dropped here again, near the box of the
@@ -95,7 +87,7 @@ def keep_matched_hits(lib: Library, matcher, segments: list[Segment], verdict: V
         if verdict is None or seg.match is None:
             need = None
         else:
-            need = hit_cut(verdict) if seg.match >= verdict.cut else seg.match
+            need = frame_cut(verdict) if seg.match >= verdict.cut else seg.match
         kept = [h for h in seg.hits if h.score >= sure or h.kind == FOLLOWED
                 or (need is not None and h.match is not None and h.match >= need)]
         if len(kept) == len(seg.hits):
