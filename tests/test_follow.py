@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from vidsearch.follow import BRIDGE, FOLLOWED, follow_segments, frame_cut, hit_cut, keep_matched_hits
+from vidsearch.follow import BRIDGE, FOLLOWED, follow_segments, frame_cut
 from vidsearch.library import VideoRow
 from vidsearch.refine import Refined
 from vidsearch.search import Hit, Segment
@@ -128,75 +128,3 @@ def test_a_followed_frame_needs_the_cut_verification_set():
     assert frame_cut(VERDICT) == pytest.approx(0.6)
     near = Verdict(cut=0.46, background=0.4, sigma=0.02, best=0.5, checked=1, dropped=0)
     assert frame_cut(near) == pytest.approx(0.46)  # 3 sigmas above the background, above halfway (0.45)
-
-
-def weak_segment(scores: dict, match=0.8, vid=1) -> Segment:
-    """A segment of hits at sample positions with region scores, and per hit its own match (or
-    None where re-ranking did not match it): {position: (score, match)}."""
-    seg = segment(sorted(scores), match=match, vid=vid)
-    for h in seg.hits:
-        h.score, h.match = scores[h.frame // 25]
-    return seg
-
-
-def keep(segments, shows=(), budget=100, verdict=VERDICT):
-    matcher = FakeMatcher(shows)
-    out, spent, notes = keep_matched_hits(FakeLibrary(), matcher, segments, verdict, 0.3, budget)
-    assert spent == len(matcher.calls)
-    return out, notes, matcher
-
-
-def test_a_weak_hit_stays_only_where_its_own_match_stands_out_from_the_background():
-    """Sure cut 0.3, background 0.4 and sigma 0.02 (a weak hit needs 0.46): the hit at 2 is sure;
-    at 3 weak, matched by re-ranking at 0.5; 4 and 6 weak and matched here, near their own box,
-    where the object is on 4 only (0.8; elsewhere 0.3); 5 matched by re-ranking at 0.45."""
-    seg = weak_segment({2: (0.5, None), 3: (0.2, 0.5), 4: (0.2, None), 5: (0.2, 0.45), 6: (0.2, None)})
-    (out,), notes, m = keep([seg], shows={4})
-    assert hit_cut(VERDICT) == pytest.approx(0.46)
-    assert positions(out) == [2, 3, 4] and out.match == 0.8 and not notes
-    assert sorted(m.calls) == [(4, [400.0, 0.0, 420.0, 20.0]), (6, [600.0, 0.0, 620.0, 20.0])]
-    assert out.hits[2].refined and out.hits[2].box == [410.0, 0.0, 430.0, 20.0]  # where its match found it
-    assert (out.start, out.end) == (2.0, 5.0)  # to the sample after the last hit, as group_segments
-
-
-def test_a_segment_whose_weak_hits_go_splits_into_its_runs_in_its_place():
-    first, last = segment([0]), segment([9])
-    seg = weak_segment({1: (0.5, 0.8), 2: (0.2, None), 3: (0.2, None), 4: (0.4, None)}, match=0.8)
-    out, _, _ = keep([first, seg, last])
-    assert out[0] is first and out[-1] is last  # untouched segments stay as they are
-    assert [positions(s) for s in out] == [[0], [1], [4], [9]] and [s.match for s in out[1:3]] == [0.8, 0.8]
-    # one missed sample stays bridged, as group_segments bridges it
-    (bridged,), _, _ = keep([weak_segment({1: (0.5, None), 2: (0.2, None), 3: (0.5, None)})])
-    assert positions(bridged) == [1, 3]
-
-
-def test_weak_hits_past_the_budget_go_unmatched_and_the_user_is_told():
-    seg = weak_segment({1: (0.5, None), 2: (0.25, None), 3: (0.2, None), 4: (0.22, None)})
-    (out,), notes, m = keep([seg], shows=range(N), budget=2)
-    assert [p for p, _ in m.calls] == [2, 4]  # the best region scores first
-    assert positions(out) == [1, 2, 4] and "1 weak hit(s)" in notes[0] and "--follow" in notes[0]
-
-
-def test_without_a_verdict_or_a_vouching_match_weak_hits_go_and_so_does_a_segment_of_them():
-    weak = weak_segment({4: (0.2, 0.9), 5: (0.2, None)})
-    out, _, m = keep([weak], shows=range(N), verdict=None)
-    assert out == [] and not m.calls
-    unmatched = weak_segment({4: (0.2, None), 5: (0.5, None)}, match=None)  # its video could not be decoded
-    (out,), _, m = keep([unmatched], shows=range(N))
-    assert positions(out) == [5] and not m.calls
-    # kept as the best although nothing stood out (match below the cut): only its best look stays
-    alone = weak_segment({4: (0.2, 0.5), 5: (0.2, 0.48), 6: (0.2, None)}, match=0.5)
-    (out,), _, m = keep([alone], shows=range(N))
-    assert positions(out) == [4] and not m.calls
-    followed = weak_segment({4: (0.2, None)})
-    followed.hits[0].kind = FOLLOWED
-    out, _, m = keep([followed])
-    assert out == [followed] and not m.calls
-
-
-def test_samples_whose_weak_hits_went_are_matched_again_by_following():
-    seg = weak_segment({2: (0.5, 0.8), 3: (0.2, None), 4: (0.2, 0.42)})
-    kept, _, _ = keep([seg], shows={2})  # 3 fails near its own region's box
-    assert positions(kept[0]) == [2]
-    (out,), _, m = follow(kept, shows={2, 3})  # and is found near the box of the hit beside it
-    assert positions(out) == [2, 3] and 3 in dict(m.calls) and 4 in dict(m.calls)

@@ -260,10 +260,9 @@ def scored_regions(scores: dict[int, float], n_frames: int = 100, seed: int = 0)
 
 def test_segments_whose_match_decides_are_taken_at_the_background_cut_the_rest_at_the_full_threshold(tmp_path):
     """Background regions score within +-0.05 (robust sigma about 0.037), so the background's
-    deep cut (2 sigmas) is about 0.07, its sure cut (3) about 0.11 and the full threshold (6
-    sigmas always count) about 0.22. Hits at 0.16 join the first `match_depth` segments only;
-    past them, segments keep only the hits above the full threshold (regrouped), and one with
-    none goes."""
+    cut is about 0.11 and the full threshold (6 sigmas always count) about 0.22. Hits at 0.16
+    join the first `match_depth` segments only; past them, segments keep only the hits above the
+    full threshold (regrouped), and one with none goes."""
     from vidsearch.config import Preset
     from vidsearch.library import Library
     from vidsearch.search import search
@@ -284,13 +283,11 @@ def test_segments_whose_match_decides_are_taken_at_the_background_cut_the_rest_a
     assert 0.16 < plain.threshold < 0.6
     deep = search(lib, index, q, top=10, match_depth=2)
     assert spans(deep) == [[10, 11, 12], [50, 51], [90], [93]]  # 80-81 (only 0.16) goes; 90-93 regrouped
-    assert 0.05 < deep.match_threshold < deep.sure_threshold < 0.16 and deep.threshold == pytest.approx(plain.threshold)
-    assert plain.sure_threshold is None
+    assert 0.05 < deep.match_threshold < 0.16 and deep.threshold == pytest.approx(plain.threshold)
     assert deep.segments[1].end == 52.0  # the segment ends where the sample after its last hit begins
     # an explicit --min-score is one cut for all
     fixed = search(lib, index, q, top=10, min_score=0.1, match_depth=2)
     assert spans(fixed) == [[10, 11, 12], [50, 51], [90, 91, 93], [80, 81]] and fixed.match_threshold is None
-    assert fixed.sure_threshold is None
 
 
 def test_where_the_best_match_does_not_stand_out_the_note_names_the_score_to_try_and_its_frames(tmp_path):

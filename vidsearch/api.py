@@ -13,7 +13,7 @@ import numpy as np
 from .config import Preset, load_preset
 from .dasr.query import query_views
 from .errors import InputError, LibraryError, VidsearchError
-from .follow import FOLLOW_FRAMES, follow_segments, keep_matched_hits
+from .follow import FOLLOW_FRAMES, follow_segments
 from .library import CATALOG, Library, content_key
 from .queries import Query, load_image, make_queries
 from .rerank import Matcher, refine_hits, rerank_segments, verify_matches
@@ -292,8 +292,6 @@ class FindResult:
             "query": {"images": [q.to_dict() for q in self.query], "threshold": round(self.result.threshold, 4),
                       "match_threshold": (None if self.result.match_threshold is None
                                           else round(self.result.match_threshold, 4)),
-                      "sure_threshold": (None if self.result.sure_threshold is None
-                                         else round(self.result.sure_threshold, 4)),
                       "regions_scored": self.result.regions_scored,
                       "verify": self.verdict.to_dict() if self.verdict else None},
             "library": self.library,
@@ -309,10 +307,9 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
          rerank: int | None = None, verify: bool = True, follow: int | None = None) -> FindResult:
     """Search the library. The best hits of the first `rerank` segments (default RERANK_DEPTH;
     0: none; RERANK_LOOKS hits each) are matched with the query (refine.py) and those segments
-    ordered by the match, above the rest; with `verify`, those segments are taken at the background's deep cut
-    alone (search.auto_thresholds) and those whose match does not stand out from the library's
-    background are dropped (verify.py), their hits under the sure cut kept only where their own
-    match vouches for them (follow.keep_matched_hits), and the segments kept are followed to the sampled frames
+    ordered by the match, above the rest; with `verify`, those segments are taken at the background's cut alone
+    (search.auto_thresholds) and those whose match does not stand out from the library's
+    background are dropped (verify.py), and the segments kept are followed to the sampled frames
     beside them by the match (follow.py; at most `follow` frames matched, by default 200 on a GPU
     and 40 on the CPU; 0: off). With `refine`, the boxes of the frames shown (the
     re-ranked hits, then every segment's best hit, then the rest, up to `refine_frames`: by
@@ -368,11 +365,6 @@ def find(images: list[str], boxes: list[str] | None = None, library: str | None 
                                                                         progress)
                 notes += verify_notes
                 budget = FOLLOW_FRAMES["cuda" if gpu else "cpu"] if follow is None else follow
-                if result.sure_threshold is not None:  # weak hits stay where their own match vouches for them
-                    result.segments, spent, weak_notes = keep_matched_hits(
-                        lib, matcher, result.segments, verdict, result.sure_threshold, budget, progress)
-                    budget -= spent
-                    notes += weak_notes
                 if verdict is not None and budget:
                     result.segments, follow_notes = follow_segments(lib, matcher, result.segments, verdict, qv,
                                                                     budget, progress)

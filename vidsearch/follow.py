@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .library import Library
-from .search import Hit, Segment, group_segments
+from .search import Hit, Segment
 from .verify import SIGMAS, Verdict
 
 SHARE = 0.5  # frame_cut: as verification's (verify.SHARE)
@@ -56,50 +56,6 @@ def frame_cut(v: Verdict) -> float:
     """The match a followed frame needs: SHARE of the way from the background's median to the
     best match, and at least 3 robust sigmas above that median."""
     return max(v.background + SIGMAS * v.sigma, v.background + SHARE * (v.best - v.background))
-
-
-def keep_matched_hits(lib: Library, matcher, segments: list[Segment], verdict: Verdict | None, sure: float,
-                      budget: int, progress=None) -> tuple[list[Segment], int, list[str]]:
-    """The segments less their weak hits (region score below `sure`, search.SURE_SIGMAS) that
-    their own match does not vouch for. Segments whose match decides are taken deeper than
-    `sure` (search.MATCH_SIGMAS), and a weak hit joins frames to a segment that the segment's
-    match, made on its best hits only, says nothing about: one where the object has left
-    (bench/RESULTS.md). So in a segment verification kept, each weak hit is matched with the
-    query near its region, as re-ranking matched the best ones (at most `budget` frames, segments
-    in order, each's best hits first), and stays where the match passes the cut a followed frame
-    needs (frame_cut), boxed where the match found the object. In a segment kept as the best although nothing stood out, only that
-    best match stays; without a verdict, or past the budget, no weak hit does. A segment left with
-    samples missed beyond the bridge splits into its runs, each with its match, in its place; one
-    left with no hit goes. Following matches the samples dropped here again, near the box of the
-    hit beside them (follow_segments). Returns the segments, the frames matched and notes."""
-    verified = [s for s in segments if verdict is not None and s.match is not None and s.match >= verdict.cut]
-    todo = [(s, h) for s in verified for h in sorted(s.hits, key=lambda h: -h.score)
-            if h.score < sure and h.kind != FOLLOWED and h.match is None]
-    left = max(len(todo) - budget, 0)
-    todo = todo[:budget]
-    tick = progress("checking weak hits", len(todo)) if progress and todo else None
-    for (_, hit), found in zip(todo, matcher.match_all(todo, tick, boxes=False) if todo else []):
-        if found is not None:
-            hit.match = found.score
-            hit.box, hit.refined = list(found.box), True
-    out: list[Segment] = []
-    for seg in segments:
-        if verdict is None or seg.match is None:
-            need = None
-        else:
-            need = frame_cut(verdict) if seg.match >= verdict.cut else seg.match
-        kept = [h for h in seg.hits if h.score >= sure or h.kind == FOLLOWED
-                or (need is not None and h.match is not None and h.match >= need)]
-        if len(kept) == len(seg.hits):
-            out.append(seg)
-            continue
-        shard = lib.load_shard(seg.video.id, ("sample_frame", "sample_time"))
-        for run in group_segments(seg.video, {h.frame: h for h in kept}, shard["sample_frame"], shard["sample_time"],
-                                  BRIDGE):
-            run.snap, run.match = seg.snap, seg.match
-            out.append(run)
-    notes = [f"{left} weak hit(s) of verified segments left out unmatched: --follow N matches more"] if left else []
-    return out, len(todo), notes
 
 
 def follow_segments(lib: Library, matcher, segments: list[Segment], verdict: Verdict, q: np.ndarray, budget: int,

@@ -151,7 +151,6 @@ def rerank_segments(engine, queries: list[Query], segments: list, depth: int, re
     for (seg, hit), found in zip(pairs, matcher.match_all(pairs, tick, boxes=refine and deferred is None)):
         if found is None:
             continue
-        hit.match = found.score
         seg.match = found.score if seg.match is None else max(seg.match, found.score)
         if refine:
             hit.box = list(found.box)

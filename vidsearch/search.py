@@ -22,7 +22,6 @@ class Hit:
     score: float
     kind: str = "region"  # "region": a salient region; "frame": the whole-frame region matched
     refined: bool = False  # the box was looked for again with the query (refine.py)
-    match: float | None = None  # its own match with the query, where re-ranking matched it (rerank.py)
 
     def to_dict(self) -> dict:
         return {"time": round(self.time, 6), "frame": self.frame, "box": [round(v, 1) for v in self.box],
@@ -123,14 +122,6 @@ def robust_stats(values) -> tuple[float, float]:
 
 
 RELATIVE = 0.6  # the automatic rule's share of the best match (auto_thresholds)
-# Segments whose match with the query decides (verify.py) are taken where their hits beat the
-# background by this many robust sigmas, not the 3 that decide alone: a small crop's region
-# scores spread wide over the library, and its object's regions can lie at 2-3 sigmas while the
-# match still tells them apart (bench/RESULTS.md). A hit under 3 sigmas stays only where its own
-# match passes (follow.keep_matched_hits): the segment's match vouches for its best hits, not for
-# every frame its weak hits joined to them.
-MATCH_SIGMAS = 2.0
-SURE_SIGMAS = 3.0
 FIRST_K = 1024  # retrieve's first search; views with more matches than this go on as a range search
 
 
@@ -150,32 +141,25 @@ def auto_threshold(index, q: np.ndarray, background: np.ndarray | None = None) -
     The background is the library's own regions, so in a small library filled with one scene
     (the object in every frame) it is the object's own surroundings and can sit above every
     match. The best match is then still returned, with a note saying why it may be alone."""
-    t = auto_thresholds(index, q, background)
-    return t.rule, t.note
+    rule, _, note, _ = auto_thresholds(index, q, background)
+    return rule, note
 
 
-class Thresholds(NamedTuple):
-    rule: float  # the automatic threshold (auto_threshold)
-    sure: float  # the background's cut alone (SURE_SIGMAS, without the 60 %-of-best cut)
-    deep: float  # the cut for segments whose match with the query decides (MATCH_SIGMAS; verify.py)
-    note: str | None
-    unclear: Unclear | None  # where the best match does not stand out: the score to suggest instead
-
-
-def auto_thresholds(index, q: np.ndarray, background: np.ndarray | None = None) -> Thresholds:
-    """The automatic threshold (auto_threshold), the background's cuts alone (SURE_SIGMAS and
-    MATCH_SIGMAS robust sigmas, without the 60 %-of-best cut: for segments whose match with the
-    query decides, verify.py), the note, and where the best match does not stand out, the score
-    to suggest instead (the 60 %-of-best cut alone). On generated 1080p clips of 40-100 px props the 60 %-of-best cut
+def auto_thresholds(index, q: np.ndarray, background: np.ndarray | None = None
+                    ) -> tuple[float, float, str | None, Unclear | None]:
+    """The automatic threshold (auto_threshold), the background's cut alone (3 robust sigmas,
+    without the 60 %-of-best cut: for segments whose match with the query decides, verify.py),
+    the note, and where the best match does not stand out, the score to suggest instead (the
+    60 %-of-best cut alone). On generated 1080p clips of 40-100 px props the 60 %-of-best cut
     drops a third of the frames that show the object (bench/RESULTS.md): a small object's region
     score is mostly background, so it is the best match's score that varies, not the object's."""
     med, sigma = background_stats(index, q, background)
     best = float(index.search(as_views(q), 1)[0][:, 0].max())
-    rule = max(med + SURE_SIGMAS * sigma, min(med + 6 * sigma, RELATIVE * best))
-    if rule <= best:  # the rule is never below the background's cuts
-        return Thresholds(rule, med + SURE_SIGMAS * sigma, med + MATCH_SIGMAS * sigma, None, None)
+    rule = max(med + 3 * sigma, min(med + 6 * sigma, RELATIVE * best))
+    if rule <= best:
+        return rule, med + 3 * sigma, None, None  # the rule is never below it
     unclear = Unclear(best, med, sigma, math.floor(100 * RELATIVE * best) / 100)
-    return Thresholds(best, best, best, unclear_note(unclear), unclear)
+    return best, best, unclear_note(unclear), unclear
 
 
 def unclear_note(u: Unclear, frames: int | None = None, videos: int = 1) -> str:
@@ -298,7 +282,6 @@ class SearchResult:
     region_hits: int
     note: str | None = None  # why the automatic threshold was capped, for the user
     match_threshold: float | None = None  # the region score the first segments' hits needed, their match to decide
-    sure_threshold: float | None = None  # of those hits, the ones below this need their own match
 
 
 def _unclear_with_count(lib: Library, index, q: np.ndarray, u: Unclear, exact) -> str | None:
@@ -314,9 +297,8 @@ def search(lib: Library, index, q: np.ndarray, top: int = 20, min_score: float |
            bridge: int = 1, match_depth: int = 0) -> SearchResult:
     """The segments whose hits score at least `min_score` (default: the automatic threshold),
     best first, the first `top`. With `match_depth` and the automatic threshold, the first
-    `match_depth` segments are taken at the background's deep cut alone (auto_thresholds), for
-    the query's match to decide on them (verify.py; their hits below the sure cut, for their own
-    match, follow.keep_matched_hits); the rest keep the full threshold."""
+    `match_depth` segments are taken at the background's cut alone (auto_thresholds), for the
+    query's match to decide on them (verify.py); the rest keep the full threshold."""
     if index is None or index.ntotal == 0:
         return SearchResult([], 0.0, 0, 0)
     exact = None if is_exact(index) else lib.exact_scores
@@ -326,11 +308,11 @@ def search(lib: Library, index, q: np.ndarray, top: int = 20, min_score: float |
         preset = lib.preset()
         faiss.extract_index_ivf(index).nprobe = preset.nprobe if preset else 32
     if min_score is None:
-        threshold, sure, loose, note, unclear = auto_thresholds(index, q, lib.background())
+        threshold, loose, note, unclear = auto_thresholds(index, q, lib.background())
         if unclear is not None:
             note = _unclear_with_count(lib, index, q, unclear, exact) or note
     else:
-        threshold, sure, loose, note = min_score, min_score, min_score, None
+        threshold, loose, note = min_score, min_score, None
     loose = loose if match_depth else threshold
     scores, ids = retrieve(index, q, loose, exact=exact)
     shards = {int(v): lib.load_shard(int(v), SEARCH_FIELDS) for v in np.unique(ids >> 32)}
@@ -349,6 +331,5 @@ def search(lib: Library, index, q: np.ndarray, top: int = 20, min_score: float |
             shard = shards[seg.video.id]
             rest.extend(group_segments(seg.video, kept, shard["sample_frame"], shard["sample_time"], bridge))
         segments = segments[:match_depth] + sorted(rest, key=lambda s: -s.score)
-    deeper = loose < threshold
     return SearchResult(segments[:top] if top else segments, threshold, index.ntotal, len(ids), note,
-                        loose if deeper else None, sure if deeper and loose < sure else None)
+                        loose if loose < threshold else None)
