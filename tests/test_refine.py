@@ -8,7 +8,7 @@ from PIL import Image
 from vidsearch.config import Preset
 from vidsearch.evaluate import iou
 from vidsearch import refine
-from vidsearch.refine import Template, _best, _pieces, continue_border, make_template, refine_box, refine_layer
+from vidsearch.refine import Template, _best, _pieces, make_template, refine_box, refine_layer
 from vidsearch.testsets import collage, object_image, paste
 
 
@@ -48,30 +48,6 @@ def test_a_rough_region_becomes_the_objects_box(engine, obj, query_px, px, xy):
         out = refine_box(engine, layer, frame, [template], rough)
         assert iou(out.box, truth) > 0.6, (out, truth)
         assert 0 < out.score <= 1
-
-
-def test_a_crops_border_is_continued_outwards():
-    img = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
-    out, box = continue_border(img, 0.5)  # 0.5 x 3 px: 2 px on every side
-    assert out.shape == (6, 7, 3) and box == (2.0, 2.0, 5.0, 4.0)
-    assert (out[2:4, 2:5] == img).all()
-    assert (out[0, 0] == img[0, 0]).all() and (out[5, 6] == img[1, 2]).all() and (out[3, 0] == img[1, 0]).all()
-    assert (out[0, 3] == img[0, 1]).all()
-
-
-@pytest.mark.parametrize("obj,seed", [("cup", 1), ("logo", 3), ("astronaut", 4), ("cat", 5)])
-def test_a_crops_template_looks_like_the_same_box_cut_from_its_frame(engine, obj, seed):
-    """Cut alone, a crop's edge cells see the network's zero padding; with its border continued
-    they see about what the frame showed there, so the template is nearer the frame's own."""
-    layer = refine_layer(engine)
-    frame, box = scene_with(obj, 90, (200, 120), seed=seed)
-    crop = np.ascontiguousarray(frame[box[1]:box[3], box[0]:box[2]])
-    h, w = crop.shape[:2]
-    from_frame = make_template(engine, layer, frame, box).cells
-    bordered = make_template(engine, layer, crop).cells
-    alone = make_template(engine, layer, crop, (0, 0, w, h)).cells  # the image's own edge, nothing beyond
-    assert bordered.shape == alone.shape == from_frame.shape
-    assert float((bordered * from_frame).sum()) > float((alone * from_frame).sum()) + 0.02
 
 
 def lookalike_scene(engine):

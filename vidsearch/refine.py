@@ -79,12 +79,6 @@ RERANK_LOOKS = 2
 # colour added to the score lowered the background it is judged against and let grey lookalikes
 # through (bench/RESULTS.md). 0: colour not used.
 COLOUR = 1.0
-# A crop's template is cut with its border continued this far (times its long side), as a frame's
-# box is cut with this much of the frame around it. Cut alone, the cells at its edge saw the
-# network's zero padding, an edge the object does not have in footage: on real footage the boxes
-# found from a crop overlapped the object at IoU >= 0.5 a third as often as those from the same
-# frame and box (bench/RESULTS.md). Mirrored surroundings did worse still (a second object).
-CROP_BORDER = 0.5
 
 
 @dataclass
@@ -159,26 +153,15 @@ def _chroma(image: np.ndarray, shape, device) -> torch.Tensor:
     return torch.stack((5.0 * (g[:, 0] - g[:, 1]), 2.0 * (g[:, 1] - g[:, 2])), 1)  # (500, 200) / 100
 
 
-def continue_border(image: np.ndarray, fraction: float) -> tuple[np.ndarray, tuple[float, float, float, float]]:
-    """The image with its outermost pixels repeated outwards by `fraction` of its long side on
-    every side, and where the image lies in it (x1, y1, x2, y2)."""
-    h, w = image.shape[:2]
-    p = int(round(fraction * max(h, w)))
-    return np.pad(image, ((p, p), (p, p), (0, 0)), mode="edge"), (float(p), float(p), float(p + w), float(p + h))
-
-
 def make_template(engine, layer: int, image: np.ndarray, box=None) -> Template:
     """The query as a template: its box (None: the whole image, a crop) seen so that it spans
-    TEMPLATE_CELLS cells, and the cells it covers. A crop has no surroundings, so its border is
-    continued outwards (CROP_BORDER) to where a frame's box would show some."""
-    if box is None:
-        image, box = continue_border(image, CROP_BORDER)
+    TEMPLATE_CELLS cells, and the cells it covers."""
     h, w = image.shape[:2]
-    box = tuple(float(v) for v in box)
+    box = (0.0, 0.0, float(w), float(h)) if box is None else tuple(float(v) for v in box)
     bw, bh = box[2] - box[0], box[3] - box[1]
     stride = _stride(engine, layer)
     scale = TEMPLATE_CELLS * stride / max(bw, bh, 1.0)
-    pad = CROP_BORDER * max(bw, bh)  # a little of its surroundings, as the cells at its edge see them
+    pad = 0.5 * max(bw, bh)  # a little of its surroundings, as the cells at its edge see them
     window = (max(0.0, box[0] - pad), max(0.0, box[1] - pad), min(float(w), box[2] + pad), min(float(h), box[3] + pad))
     f, chroma, sx, sy = _features(engine, layer, image, window, scale)
     cells = []
