@@ -25,6 +25,7 @@ CHOICES = {
     "dtype": ("fp32", "bf16", "fp16"),
     "pooling": ("avg", "max"),
     "index_type": ("auto", "flat", "ivf", "ivfpq"),
+    "tile_peaks": ("all", "core"),
 }
 
 # Fields that only choose the FAISS index a library builds: they change no region.
@@ -78,6 +79,10 @@ class Preset:
     tiles: tuple[int, ...] = (1,)  # grid levels: 1 = the whole frame, n = n×n overlapping tiles
     tile_overlap: float = 0.25  # neighbouring tiles share this fraction of a tile
     max_upscale: float = 1.0  # a level is used only where its tiles need no more enlargement
+    # Peaks of a tile: "all" of them, or only those in its core, the part of the tile nearer its
+    # own centre than a neighbour's (up to the middle of each shared strip): a peak in a shared
+    # strip is then back-propagated once, by the tile it sits deeper in, not twice.
+    tile_peaks: str = "all"
     view_nms_iou: float | None = 0.5  # NMS across the views of a frame (None: keep all)
     whole_frame: bool = False  # one extra region per frame: the whole frame, pooled
     sample_fps: float = 1.0
@@ -135,6 +140,8 @@ class Preset:
             del fields["cover"]
         if not self.cover_round:  # added later, likewise
             del fields["cover_round"]
+        if self.tile_peaks == "all":  # added later, likewise
+            del fields["tile_peaks"]
         blob = json.dumps(fields, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
 

@@ -16,7 +16,7 @@ from .cpu_memory import keep_freed_memory
 from .describe import l2n, pool_boxes
 from .excitation import Rules, Tape
 from .graph import Graph, build_graph
-from .regions import cell_fractions, find_peaks, make_seeds, maps_to_boxes, nms
+from .regions import cell_fractions, find_peaks, in_core, make_seeds, maps_to_boxes, nms
 from .views import KIND_FRAME, frame_views, merge_views
 
 
@@ -152,8 +152,11 @@ class Engine:
             crops = [f[y1:y2, x1:x2] for f in frames for x1, y1, x2, y2 in (v.box for v in tiles)]
             # at most as many tiles per pass as frames in the batch: the tape's memory grows with
             # the images in a pass, and the caller's batch size is what it can afford
+            cores = np.array([t.core_fractions() for t in tiles] * len(frames), dtype=np.float32) \
+                if p.tile_peaks == "core" else None
             for start in range(0, len(crops), b):
-                r = self.extract(np.stack(crops[start : start + b]), extra_pooling)
+                r = self.extract(np.stack(crops[start : start + b]), extra_pooling,
+                                 cores=None if cores is None else cores[start : start + b])
                 crop = r.frame + start
                 offset = np.array([tiles[i % len(tiles)].box[:2] * 2 for i in crop], dtype=np.float32).reshape(-1, 4)
                 r.boxes = r.boxes + offset
@@ -171,10 +174,12 @@ class Engine:
         return regions
 
     @torch.no_grad()
-    def extract(self, frames, extra_pooling: str | None = None, whole_frame: bool = False) -> Regions:
+    def extract(self, frames, extra_pooling: str | None = None, whole_frame: bool = False,
+                cores: np.ndarray | None = None) -> Regions:
         """Frames (B, H, W, 3) uint8, all one size -> their regions in one view each (and, with
         extra_pooling, the same regions pooled a second way, for comparing DASR with DASR-m;
-        with whole_frame, first per frame a region that is the whole frame)."""
+        with whole_frame, first per frame a region that is the whole frame; with cores (B, 4),
+        x1, y1, x2, y2 as fractions of each frame, only the peaks whose cell centre lies there)."""
         p = self.preset
         t = time.perf_counter()
         x, (h0, w0) = self.prepare(frames)
@@ -187,6 +192,8 @@ class Engine:
         all_pos, all_scores, counts = [], [], []
         for b in range(x.shape[0]):
             pos, scores = find_peaks(mean_map[b], p.peaks, p.max_peaks)
+            if cores is not None:
+                pos, scores = in_core(pos, scores, mean_map.shape[-2:], cores[b])
             if p.prefilter != "none" and p.nms_iou is not None and pos.shape[0] > 1:
                 keep = self._prefilter(tape, b, peak_map[b], pos, scores, mass)
                 pos, scores = pos[keep], scores[keep]

@@ -35,6 +35,17 @@ def find_peaks(mean_map: torch.Tensor, mode: str, max_peaks: int = 0) -> tuple[t
     return pos[order], scores[order]
 
 
+def in_core(pos: torch.Tensor, scores: torch.Tensor, shape: tuple[int, int],
+            core: tuple[float, float, float, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The peaks (N, 2) (row, col) of a map of `shape` (h, w) whose cell centre lies in `core`,
+    x1, y1, x2, y2 as fractions of the map (left and top edges in, right and bottom out)."""
+    h, w = shape
+    y = (pos[:, 0].double() + 0.5) / h
+    x = (pos[:, 1].double() + 0.5) / w
+    inside = (x >= core[0]) & (x < core[2]) & (y >= core[1]) & (y < core[3])
+    return pos[inside], scores[inside]
+
+
 def make_seeds(x: torch.Tensor, pos: torch.Tensor, mode: str, mass: float = 1.0,
                frame: torch.Tensor | None = None) -> torch.Tensor:
     """Seeds P(B) at the peak layer, one per peak: (K, C, h, w), zero but at the peak. `x` is

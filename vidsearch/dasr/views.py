@@ -29,6 +29,16 @@ KIND_REGION, KIND_FRAME = 0, 1  # a salient region; the whole frame
 class View:
     level: int  # 1 = the whole frame; n = a tile of the n×n grid
     box: tuple[int, int, int, int]  # x1, y1, x2, y2 in the pixels of the frame as given
+    # the tile's core, in the same pixels: the part nearer its own centre than a neighbour's
+    # (up to the middle of each strip it shares); the box itself at the frame's edges
+    core: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+
+    def core_fractions(self) -> tuple[float, float, float, float]:
+        """The core as fractions of the box's width and height, x1, y1, x2, y2."""
+        x1, y1, x2, y2 = self.box
+        w, h = x2 - x1, y2 - y1
+        c = self.core
+        return ((c[0] - x1) / w, (c[1] - y1) / h, (c[2] - x1) / w, (c[3] - y1) / h)
 
 
 def level_factor(level: int, overlap: float) -> float:
@@ -61,7 +71,7 @@ def decode_long_side(width: int, height: int, preset: Preset) -> int:
 
 def frame_views(width: int, height: int, preset: Preset) -> list[View]:
     """The views of a frame of this size (given in the pixels it is handed over in)."""
-    views = [View(1, (0, 0, width, height))]
+    views = [View(1, (0, 0, width, height), (0.0, 0.0, float(width), float(height)))]
     for n in usable_levels(width, height, preset):
         if n == 1:
             continue
@@ -69,8 +79,18 @@ def frame_views(width: int, height: int, preset: Preset) -> list[View]:
         tw, th = int(round(width / f)), int(round(height / f))
         xs = np.linspace(0, width - tw, n).round().astype(int)
         ys = np.linspace(0, height - th, n).round().astype(int)
-        views += [View(n, (int(x), int(y), int(x) + tw, int(y) + th)) for y in ys for x in xs]
+        cx, cy = _cores(xs, tw, width), _cores(ys, th, height)
+        views += [View(n, (int(x), int(y), int(x) + tw, int(y) + th), (cx[i][0], cy[j][0], cx[i][1], cy[j][1]))
+                  for j, y in enumerate(ys) for i, x in enumerate(xs)]
     return views
+
+
+def _cores(starts: np.ndarray, size: int, total: int) -> list[tuple[float, float]]:
+    """Along one axis, each tile's core: from the middle of the strip it shares with the tile
+    before to the middle of the one it shares with the tile after (the frame's edge at the ends)."""
+    n = len(starts)
+    return [(0.0 if i == 0 else float(starts[i] + starts[i - 1] + size) / 2.0,
+             float(total) if i == n - 1 else float(starts[i + 1] + starts[i] + size) / 2.0) for i in range(n)]
 
 
 def merge_views(boxes: torch.Tensor, scores: torch.Tensor, frame: torch.Tensor, kind: torch.Tensor,
