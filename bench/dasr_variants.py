@@ -33,6 +33,7 @@ import torch
 from vidsearch.queries import load_image
 from vidsearch.config import load_preset, with_overrides
 from vidsearch.dasr.engine import Engine
+from vidsearch.dasr.views import frame_views
 from vidsearch.evaluate import load_sequences
 
 HERE = Path(__file__).resolve().parent
@@ -80,6 +81,18 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def agreement(ref: np.ndarray, mine: np.ndarray) -> np.ndarray:
     """Per reference box, the best IoU among `mine` (0 where there are none)."""
     return box_iou(ref, mine).max(1) if len(mine) else np.zeros(len(ref))
+
+
+def cut_by_tile(box: np.ndarray, tiles: list[tuple[int, int, int, int]], width: int, height: int) -> bool:
+    """Whether the box lies in a tile and ends at one of its edges inside the frame (within a
+    pixel): the tile cut the object off there."""
+    x1, y1, x2, y2 = box
+    for tx1, ty1, tx2, ty2 in tiles:
+        if tx1 - 1 <= x1 and ty1 - 1 <= y1 and x2 <= tx2 + 1 and y2 <= ty2 + 1:
+            if (tx1 > 0 and x1 - tx1 < 1) or (ty1 > 0 and y1 - ty1 < 1) \
+                    or (tx2 < width and tx2 - x2 < 1) or (ty2 < height and ty2 - y2 < 1):
+                return True
+    return False
 
 
 def main() -> None:
@@ -132,9 +145,22 @@ def main() -> None:
         if hasattr(engine, "counts"):
             row["peaks_per_frame"] = engine.counts["peaks"] / len(frames)
             row["backprop_peaks_per_frame"] = engine.counts["backpropagated"] / len(frames)
+        if args.views:  # how many of its boxes a tile cut off at its edge
+            row["cut_by_tile"] = sum(cut_by_tile(box, [t.box for t in frame_views(img.shape[1], img.shape[0], engine.preset)
+                                                       if t.level > 1], img.shape[1], img.shape[0])
+                                     for r, img in zip(boxes[v], frames) for box in r) / max(1, sum(map(len, boxes[v])))
         if v:
-            best = [agreement(ref, mine) for ref, mine in zip(boxes[0], boxes[v]) if len(ref)]
+            best = [agreement(ref, mine) if len(ref) else np.zeros(0) for ref, mine in zip(boxes[0], boxes[v])]
             row["box_iou_vs_first"] = float(np.mean(np.concatenate(best)))
+            # the first variant's boxes this one has nothing like (IoU < 0.5), and how many of
+            # those a tile cut off at its edge (with --views)
+            lost = [(ref[b < 0.5], img) for ref, b, img in zip(boxes[0], best, frames)]
+            row["lost_vs_first"] = sum(len(r) for r, _ in lost) / sum(len(r) for r in boxes[0])
+            if args.views:
+                cut = sum(cut_by_tile(box, [t.box for t in frame_views(img.shape[1], img.shape[0], engines[0].preset)
+                                            if t.level > 1], img.shape[1], img.shape[0])
+                          for r, img in lost for box in r)
+                row["lost_cut_by_tile"] = cut / max(1, sum(len(r) for r, _ in lost))
         if ref_boxes is not None:
             row["box_iou_vs_ref"] = float(np.mean(np.concatenate([agreement(ref, mine) for ref, mine in zip(ref_boxes, boxes[v]) if len(ref)])))
         rows.append(row)
@@ -142,7 +168,8 @@ def main() -> None:
     base = rows[0]["s_per_frame"]
     for row in rows:
         row["speedup"] = base / row["s_per_frame"]
-    cols = ["s_per_frame", "speedup", "regions_per_frame", "box_iou_vs_first"] + (["box_iou_vs_ref"] if ref_boxes else []) \
+    cols = ["s_per_frame", "speedup", "regions_per_frame", "box_iou_vs_first", "lost_vs_first"] \
+        + (["lost_cut_by_tile", "cut_by_tile"] if args.views else []) + (["box_iou_vs_ref"] if ref_boxes else []) \
         + ["peaks_per_frame", "backprop_peaks_per_frame", "forward_s", "prefilter_s", "backprop_s"]
     lines = ["| variant | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for row in rows:

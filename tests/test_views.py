@@ -211,3 +211,53 @@ def test_a_uniform_library_still_shows_its_best_match_and_says_why():
     index.add_with_ids(v, region_ids(1, len(v)))
     threshold, note = auto_threshold(index, q[None])
     assert note is None and 0.2 < threshold < 0.6
+
+
+@pytest.mark.parametrize("preset, size", [(TILED, (896, 504)), (Preset(tiles=(1, 3), tile_overlap=0.25), (1920, 1080))])
+def test_tile_cores_split_the_frame_at_the_middle_of_each_shared_strip(preset, size):
+    w, h = size
+    tiles = [v for v in frame_views(w, h, preset) if v.level > 1]
+    cores = np.array([v.core for v in tiles])
+    for v in tiles:  # each core inside its tile
+        assert v.box[0] <= v.core[0] < v.core[2] <= v.box[2] and v.box[1] <= v.core[1] < v.core[3] <= v.box[3]
+    area = (cores[:, 2] - cores[:, 0]) * (cores[:, 3] - cores[:, 1])
+    assert area.sum() == pytest.approx(w * h)  # together the whole frame ...
+    for i in range(len(tiles)):  # ... and no two overlap
+        for j in range(i + 1, len(tiles)):
+            iw = min(cores[i, 2], cores[j, 2]) - max(cores[i, 0], cores[j, 0])
+            ih = min(cores[i, 3], cores[j, 3]) - max(cores[i, 1], cores[j, 1])
+            assert iw <= 0 or ih <= 0
+    left, right = sorted((v for v in tiles if v.box[1] == 0), key=lambda v: v.box[0])[:2]
+    assert left.core[2] == right.core[0] == (right.box[0] + left.box[2]) / 2  # the strip's middle
+    fx1, fy1, fx2, fy2 = left.core_fractions()
+    assert (fx1, fy1) == (0, 0) and fx2 == pytest.approx((left.core[2] - left.box[0]) / (left.box[2] - left.box[0]))
+
+
+def test_in_core_keeps_the_peaks_whose_cell_centre_lies_there():
+    from vidsearch.dasr.regions import in_core
+
+    pos = torch.tensor([[0, 0], [0, 3], [1, 1], [3, 3], [2, 0]])  # (row, col) on a 4x4 map
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+    kept, s = in_core(pos, scores, (4, 4), (0.0, 0.0, 0.5, 0.75))  # columns 0-1, rows 0-2 (centres 0.125 .. 0.625)
+    assert kept.tolist() == [[0, 0], [1, 1], [2, 0]] and s.tolist() == pytest.approx([0.9, 0.7, 0.5])
+    assert in_core(pos, scores, (4, 4), (0.0, 0.0, 1.0, 1.0))[0].tolist() == pos.tolist()
+
+
+def test_core_tile_peaks_are_a_subset_of_all_and_checked_by_the_preset(engine):
+    from vidsearch.dasr.engine import Engine
+
+    # tiles of 6x6 cells (192 px), every cell above the mean a peak, so some lie in shared strips
+    frame = np.asarray(__import__("PIL.Image", fromlist=["Image"]).fromarray(photo("astronaut")).resize((336, 192)))
+    preset = engine.preset.replace(long_side=192, peaks="above_mean")
+    every_engine = Engine(preset, engine.device, backbone=engine.backbone)
+    core = Engine(preset.replace(tile_peaks="core"), engine.device, backbone=engine.backbone)
+    every, cored = every_engine.extract_views(frame[None]), core.extract_views(frame[None])
+    # no NMS here: each peak's box is its own, so the core's regions are some of all the regions
+    a, c = every.boxes[every.level == 2], cored.boxes[cored.level == 2]
+    assert 0 < len(c) < len(a)
+    assert all(np.abs(a - box).max(1).min() < 1e-3 for box in c)
+    assert core.counts["peaks"] < every_engine.counts["peaks"]
+    assert np.allclose(cored.boxes[cored.level == 1], every.boxes[every.level == 1])  # the whole frame: all peaks
+    with pytest.raises(InputError, match="tile_peaks"):
+        Preset(tile_peaks="edge")
+    assert Preset(tile_peaks="all").fingerprint() == Preset().fingerprint() != Preset(tile_peaks="core").fingerprint()
