@@ -229,6 +229,7 @@ def test_tile_cores_split_the_frame_at_the_middle_of_each_shared_strip(preset, s
             assert iw <= 0 or ih <= 0
     left, right = sorted((v for v in tiles if v.box[1] == 0), key=lambda v: v.box[0])[:2]
     assert left.core[2] == right.core[0] == (right.box[0] + left.box[2]) / 2  # the strip's middle
+    assert frame_views(w, h, preset)[0].core_fractions() == (0, 0, 1, 1)  # the whole frame: all of it
     fx1, fy1, fx2, fy2 = left.core_fractions()
     assert (fx1, fy1) == (0, 0) and fx2 == pytest.approx((left.core[2] - left.box[0]) / (left.box[2] - left.box[0]))
 

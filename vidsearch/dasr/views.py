@@ -30,11 +30,13 @@ class View:
     level: int  # 1 = the whole frame; n = a tile of the n×n grid
     box: tuple[int, int, int, int]  # x1, y1, x2, y2 in the pixels of the frame as given
     # the tile's core, in the same pixels: the part nearer its own centre than a neighbour's
-    # (up to the middle of each strip it shares); the box itself at the frame's edges
-    core: tuple[float, float, float, float] = (0.0, 0.0, 0.0, 0.0)
+    # (up to the middle of each strip it shares; the box itself at the frame's edges); None: the box
+    core: tuple[float, float, float, float] | None = None
 
     def core_fractions(self) -> tuple[float, float, float, float]:
         """The core as fractions of the box's width and height, x1, y1, x2, y2."""
+        if self.core is None:
+            return (0.0, 0.0, 1.0, 1.0)
         x1, y1, x2, y2 = self.box
         w, h = x2 - x1, y2 - y1
         c = self.core
@@ -71,7 +73,7 @@ def decode_long_side(width: int, height: int, preset: Preset) -> int:
 
 def frame_views(width: int, height: int, preset: Preset) -> list[View]:
     """The views of a frame of this size (given in the pixels it is handed over in)."""
-    views = [View(1, (0, 0, width, height), (0.0, 0.0, float(width), float(height)))]
+    views = [View(1, (0, 0, width, height))]
     for n in usable_levels(width, height, preset):
         if n == 1:
             continue
