@@ -95,6 +95,16 @@ def cut_by_tile(box: np.ndarray, tiles: list[tuple[int, int, int, int]], width: 
     return False
 
 
+def count_cut(boxes: list[np.ndarray], frames: list[np.ndarray], preset) -> int:
+    """How many of the boxes (per frame) a tile of the preset's views cut off at its edge."""
+    n = 0
+    for r, img in zip(boxes, frames):
+        h, w = img.shape[:2]
+        tiles = [t.box for t in frame_views(w, h, preset) if t.level > 1]
+        n += sum(cut_by_tile(box, tiles, w, h) for box in r)
+    return n
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("data")
@@ -146,21 +156,17 @@ def main() -> None:
             row["peaks_per_frame"] = engine.counts["peaks"] / len(frames)
             row["backprop_peaks_per_frame"] = engine.counts["backpropagated"] / len(frames)
         if args.views:  # how many of its boxes a tile cut off at its edge
-            row["cut_by_tile"] = sum(cut_by_tile(box, [t.box for t in frame_views(img.shape[1], img.shape[0], engine.preset)
-                                                       if t.level > 1], img.shape[1], img.shape[0])
-                                     for r, img in zip(boxes[v], frames) for box in r) / max(1, sum(map(len, boxes[v])))
+            row["cut_by_tile"] = count_cut(boxes[v], frames, engine.preset) / max(1, sum(map(len, boxes[v])))
         if v:
             best = [agreement(ref, mine) if len(ref) else np.zeros(0) for ref, mine in zip(boxes[0], boxes[v])]
             row["box_iou_vs_first"] = float(np.mean(np.concatenate(best)))
             # the first variant's boxes this one has nothing like (IoU < 0.5), and how many of
             # those a tile cut off at its edge (with --views)
-            lost = [(ref[b < 0.5], img) for ref, b, img in zip(boxes[0], best, frames)]
-            row["lost_vs_first"] = sum(len(r) for r, _ in lost) / sum(len(r) for r in boxes[0])
+            lost = [ref[b < 0.5] for ref, b in zip(boxes[0], best)]
+            n_lost = sum(map(len, lost))
+            row["lost_vs_first"] = n_lost / sum(map(len, boxes[0]))
             if args.views:
-                cut = sum(cut_by_tile(box, [t.box for t in frame_views(img.shape[1], img.shape[0], engines[0].preset)
-                                            if t.level > 1], img.shape[1], img.shape[0])
-                          for r, img in lost for box in r)
-                row["lost_cut_by_tile"] = cut / max(1, sum(len(r) for r, _ in lost))
+                row["lost_cut_by_tile"] = count_cut(lost, frames, engines[0].preset) / max(1, n_lost)
         if ref_boxes is not None:
             row["box_iou_vs_ref"] = float(np.mean(np.concatenate([agreement(ref, mine) for ref, mine in zip(ref_boxes, boxes[v]) if len(ref)])))
         rows.append(row)
