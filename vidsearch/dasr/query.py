@@ -9,9 +9,7 @@ View 0 is the paper's: the query image at the preset's long side, pooled over th
   nearer or farther (a close-up, a wide shot), so it is described at the sizes between too,
   SIZE_STEP apart. It is seen alone, its border continued only as far as the network's
   smallest input needs: measured on the generated cross-scene set, more made-up surroundings
-  (0.5, 1 or 2 times its size) matched worse (bench/RESULTS.md). It is never enlarged past
-  MAX_ENLARGE times its own pixels (enlarge_cap), view 0 included: a small crop blown up to the network's
-  input is a blur of its colours, which matches any blob of them elsewhere.
+  (0.5, 1 or 2 times its size) matched worse (bench/RESULTS.md).
 A library region is scored by its best-matching view (search.py).
 """
 
@@ -32,17 +30,6 @@ SIZE_STEP = 1.5
 # texture (a generated clip's background after the object had left, tests/test_cli_e2e.py).
 FARTHER = 2.0
 DISTINCT = 1.2  # sizes closer than this factor describe nearly the same thing
-# A crop is seen at most this many times its own size (view 0 too: a 40-px crop would otherwise
-# be blown up 13x to the preset's 512 px), or as much as the preset enlarges frames' tiles where
-# that is more, so the sizes the crop has in the library's own views are always among its views.
-# Measured on crop queries (bench/RESULTS.md): 2x, 2.5x, 3x and 4x all rank the generated props'
-# and instance-dev's frames better than no cap; 3x is the least above the default's 2.7x tiles.
-MAX_ENLARGE = 3.0
-
-
-def enlarge_cap(preset) -> float:
-    """The most a crop is enlarged for a view: MAX_ENLARGE, or the preset's tile enlargement."""
-    return max(MAX_ENLARGE, preset.max_upscale)
 
 
 def frame_views(engine, image: np.ndarray, box: tuple[float, float, float, float]) -> list[np.ndarray]:
@@ -60,10 +47,10 @@ def crop_sizes(crop_hw: tuple[int, int], library_sizes: list[tuple[int, int]], p
     """The long sides (network pixels) a crop is described at, small first: the sizes it has in
     the views of frames of the given sizes, if it was cut from such footage (distinct within
     DISTINCT), then the sizes SIZE_STEP apart that none of those is near, from FARTHER times
-    smaller than the smallest of them up; only sizes view 0 does not already cover, large
-    enough to describe and under enlarge_cap times the crop's own."""
+    smaller than the smallest of them up; only sizes view 0 does not already cover and that are
+    large enough to describe."""
+    lo, hi = MIN_VIEW_PX, MAX_VIEW_FRACTION * preset.long_side
     long_crop = max(crop_hw)
-    lo, hi = MIN_VIEW_PX, min(MAX_VIEW_FRACTION * preset.long_side, enlarge_cap(preset) * long_crop / DISTINCT)
     wanted = sorted({long_crop * s for w, h in library_sizes for s in level_scales(w, h, preset).values()})
     out: list[float] = []
     for t in wanted:
@@ -90,21 +77,9 @@ def on_canvas(crop: np.ndarray, long_side: float, context: float = 0.0) -> tuple
     return np.ascontiguousarray(canvas), (float(pad), float(pad), float(pad + sw), float(pad + sh))
 
 
-def view0_size(crop_hw: tuple[int, int], preset) -> float | None:
-    """The long side view 0 sees a crop at: None for the preset's (the paper's view), or
-    enlarge_cap times the crop's where the preset's would enlarge it more."""
-    cap = enlarge_cap(preset) * max(crop_hw)
-    return cap if preset.long_side > cap else None
-
-
 def crop_views(engine, crop: np.ndarray, library_sizes: list[tuple[int, int]]) -> list[np.ndarray]:
     """A crop alone: view 0, plus the crop at the sizes it has in the library's views."""
-    t0 = view0_size(crop.shape[:2], engine.preset)
-    if t0 is None:
-        views = [engine.describe(crop)]
-    else:
-        canvas, box = on_canvas(crop, t0)
-        views = [engine.describe(canvas, box, long_side=0)]
+    views = [engine.describe(crop)]
     for t in crop_sizes(crop.shape[:2], library_sizes, engine.preset):
         canvas, box = on_canvas(crop, t)
         views.append(engine.describe(canvas, box, long_side=0))
