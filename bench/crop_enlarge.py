@@ -27,7 +27,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from find_real import sampled_showing  # noqa: E402
+from find_real import sampled_showing, showing_mask  # noqa: E402
 
 from vidsearch.api import _engine  # noqa: E402
 from vidsearch.dasr.query import DISTINCT, crop_sizes, on_canvas  # noqa: E402
@@ -84,11 +84,7 @@ def main() -> None:
     rows = []
     for s in seqs:
         crop = np.asarray(Image.open(work / f"{s.name}-query.png").convert("RGB"))
-        truth = np.zeros(len(frames), bool)
-        for other in seqs:
-            if other.instance == s.instance:
-                vid = by_path[(work / f"{other.name}.mp4").resolve()].id
-                truth[np.searchsorted(frames, np.array(sorted(showing[other.name]), np.int64) + vid * 10**7)] = True
+        truth = showing_mask(s, seqs, work, frames, by_path, showing)
         row = []
         for cap in caps:
             views = capped_views(engine, crop, sizes, cap, args.drop)

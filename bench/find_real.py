@@ -66,6 +66,19 @@ def sampled_showing(seq: Sequence, video: Path, handle: Library) -> set[int]:
     return {f for f in sampled if f < len(seq.boxes) and seq.boxes[f] is not None}
 
 
+def showing_mask(seq: Sequence, seqs: list, work: Path, frames: np.ndarray, by_path: dict,
+                 showing: dict[str, set[int]]) -> np.ndarray:
+    """Over a library's sampled frames (`frames`: sorted keys video id * 10**7 + frame number),
+    those that show seq's instance, in any clip (by_path: resolved clip path -> its video row;
+    showing: a sequence's name -> sampled_showing)."""
+    truth = np.zeros(len(frames), bool)
+    for other in seqs:
+        if other.instance == seq.instance:
+            vid = by_path[(work / f"{other.name}.mp4").resolve()].id
+            truth[np.searchsorted(frames, np.array(sorted(showing[other.name]), np.int64) + vid * 10**7)] = True
+    return truth
+
+
 def measure(seq: Sequence, video: Path, clips: dict, lib: Path, work: Path, args) -> dict:
     """clips: every video -> (its sequence, its sampled frames showing its object)."""
     from PIL import Image

@@ -23,7 +23,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from find_real import sampled_showing  # noqa: E402
+from find_real import sampled_showing, showing_mask  # noqa: E402
 
 from vidsearch.api import _engine  # noqa: E402
 from vidsearch.dasr.query import query_views  # noqa: E402
@@ -60,11 +60,7 @@ def main() -> None:
         q = np.stack([fuse([views[0]])] + views[1:])
         scores = vectors @ q.T
         spread = np.array([robust_stats(scores[background, i])[1] for i in range(len(q))])
-        truth = np.zeros(len(frames), bool)
-        for other in seqs:
-            if other.instance == s.instance:
-                vid = by_path[(work / f"{other.name}.mp4").resolve()].id
-                truth[np.searchsorted(frames, np.array(sorted(showing[other.name]), np.int64) + vid * 10**7)] = True
+        truth = showing_mask(s, seqs, work, frames, by_path, showing)
         aps = []
         for region in (scores.max(1), (scores / spread).max(1)):
             best = np.full(len(frames), -np.inf)
