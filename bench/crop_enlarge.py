@@ -27,20 +27,22 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from find_real import sampled_showing, showing_mask  # noqa: E402
+from find_real import LibraryFrames  # noqa: E402
 
 from vidsearch.api import _engine  # noqa: E402
-from vidsearch.dasr.query import DISTINCT, crop_sizes, on_canvas  # noqa: E402
+from vidsearch.dasr.query import DISTINCT, crop_sizes, crop_views, on_canvas  # noqa: E402
 from vidsearch.evaluate import average_precision, load_sequences  # noqa: E402
 from vidsearch.library import Library  # noqa: E402
 from vidsearch.search import auto_threshold, fuse  # noqa: E402
 
 
 def capped_views(engine, crop: np.ndarray, sizes: list, cap: float | None, drop: bool) -> list[np.ndarray]:
-    """crop_views' views of a crop, none enlarged past `cap` times its pixels (None: as find's)."""
+    """crop_views' views of a crop, none enlarged past `cap` times its pixels (None: find's own)."""
+    if cap is None:
+        return crop_views(engine, crop, sizes)
     preset = engine.preset
     longs = crop_sizes(crop.shape[:2], sizes, preset)
-    limit = float("inf") if cap is None else max(cap, preset.max_upscale) * max(crop.shape[:2])
+    limit = max(cap, preset.max_upscale) * max(crop.shape[:2])
     views = []
     if preset.long_side <= limit:
         views.append(engine.describe(crop))  # the paper's view 0
@@ -69,14 +71,9 @@ def main() -> None:
     white = lib.index_whitening
     sizes = sorted({(v.width, v.height) for v in videos})
     seqs = load_sequences(args.data)
-    shards = {v.id: lib.load_shard(v.id) for v in videos}
-    by_path = {Path(v.path).resolve(): v for v in videos}
-    vectors = np.concatenate([shards[v.id]["desc"] for v in videos]).astype(np.float32)
-    if white is not None:
-        vectors = white.apply(vectors)
-    key = np.concatenate([shards[v.id]["frame"].astype(np.int64) + v.id * 10**7 for v in videos])
-    frames, frame_of = np.unique(key, return_inverse=True)
-    showing = {s.name: sampled_showing(s, work / f"{s.name}.mp4", lib) for s in seqs}
+    regions = LibraryFrames(lib, videos, work, seqs)
+    vectors = white.apply(regions.vectors) if white is not None else regions.vectors
+    frames, frame_of = regions.frames, regions.frame_of
     names = ["none" if c is None else f"{c:g}x" for c in caps]
     print("AP / recall / precision at the automatic threshold, per cap" + (" (views past it dropped)" if args.drop else ""))
     print("| sequence | crop px | " + " | ".join(names) + " |")
@@ -84,7 +81,7 @@ def main() -> None:
     rows = []
     for s in seqs:
         crop = np.asarray(Image.open(work / f"{s.name}-query.png").convert("RGB"))
-        truth = showing_mask(s, seqs, work, frames, by_path, showing)
+        truth = regions.showing(s)
         row = []
         for cap in caps:
             views = capped_views(engine, crop, sizes, cap, args.drop)

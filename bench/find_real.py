@@ -66,17 +66,31 @@ def sampled_showing(seq: Sequence, video: Path, handle: Library) -> set[int]:
     return {f for f in sampled if f < len(seq.boxes) and seq.boxes[f] is not None}
 
 
-def showing_mask(seq: Sequence, seqs: list, work: Path, frames: np.ndarray, by_path: dict,
-                 showing: dict[str, set[int]]) -> np.ndarray:
-    """Over a library's sampled frames (`frames`: sorted keys video id * 10**7 + frame number),
-    those that show seq's instance, in any clip (by_path: resolved clip path -> its video row;
-    showing: a sequence's name -> sampled_showing)."""
-    truth = np.zeros(len(frames), bool)
-    for other in seqs:
-        if other.instance == seq.instance:
-            vid = by_path[(work / f"{other.name}.mp4").resolve()].id
-            truth[np.searchsorted(frames, np.array(sorted(showing[other.name]), np.int64) + vid * 10**7)] = True
-    return truth
+class LibraryFrames:
+    """A find_real library's regions by sampled frame: its region vectors as stored, the sorted
+    keys of its sampled frames (video id * 10**7 + frame number), each region's frame among
+    them, and which of them show a sequence's instance (`showing`)."""
+
+    def __init__(self, lib: Library, videos: list, work: Path, seqs: list[Sequence]) -> None:
+        shards = {v.id: lib.load_shard(v.id) for v in videos}
+        self.vectors = np.concatenate([shards[v.id]["desc"] for v in videos]).astype(np.float32)
+        key = np.concatenate([shards[v.id]["frame"].astype(np.int64) + v.id * 10**7 for v in videos])
+        self.frames, self.frame_of = np.unique(key, return_inverse=True)
+        by_path = {Path(v.path).resolve(): v for v in videos}
+        self.seqs = seqs
+        self.keys = {}  # a sequence's name -> the keys of its sampled frames showing its object
+        for s in seqs:
+            video = work / f"{s.name}.mp4"
+            vid = by_path[video.resolve()].id
+            self.keys[s.name] = np.array(sorted(sampled_showing(s, video, lib)), np.int64) + vid * 10**7
+
+    def showing(self, seq: Sequence) -> np.ndarray:
+        """Over the frames, those that show seq's instance, in any clip."""
+        truth = np.zeros(len(self.frames), bool)
+        for other in self.seqs:
+            if other.instance == seq.instance:
+                truth[np.searchsorted(self.frames, self.keys[other.name])] = True
+        return truth
 
 
 def measure(seq: Sequence, video: Path, clips: dict, lib: Path, work: Path, args) -> dict:

@@ -23,7 +23,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from find_real import sampled_showing, showing_mask  # noqa: E402
+from find_real import LibraryFrames  # noqa: E402
 
 from vidsearch.api import _engine  # noqa: E402
 from vidsearch.dasr.query import query_views  # noqa: E402
@@ -44,13 +44,9 @@ def main() -> None:
     engine = _engine(lib.preset(), "cpu", None)
     sizes = sorted({(v.width, v.height) for v in videos})
     seqs = load_sequences(args.data)
-    shards = {v.id: lib.load_shard(v.id) for v in videos}
-    by_path = {Path(v.path).resolve(): v for v in videos}
-    vectors = np.concatenate([shards[v.id]["desc"] for v in videos]).astype(np.float32)
-    key = np.concatenate([shards[v.id]["frame"].astype(np.int64) + v.id * 10**7 for v in videos])
-    frames, frame_of = np.unique(key, return_inverse=True)
+    regions = LibraryFrames(lib, videos, work, seqs)
+    vectors, frames, frame_of = regions.vectors, regions.frames, regions.frame_of
     background = np.random.default_rng(0).choice(len(vectors), min(len(vectors), 20_000), replace=False)
-    showing = {s.name: sampled_showing(s, work / f"{s.name}.mp4", lib) for s in seqs}
     rows = []
     print("| sequence | crop px | views | true frames | AP best raw view | AP best balanced view |")
     print("|---|---|---|---|---|---|")
@@ -60,7 +56,7 @@ def main() -> None:
         q = np.stack([fuse([views[0]])] + views[1:])
         scores = vectors @ q.T
         spread = np.array([robust_stats(scores[background, i])[1] for i in range(len(q))])
-        truth = showing_mask(s, seqs, work, frames, by_path, showing)
+        truth = regions.showing(s)
         aps = []
         for region in (scores.max(1), (scores / spread).max(1)):
             best = np.full(len(frames), -np.inf)
